@@ -1,0 +1,1 @@
+"""Challenge data: reading, checking, generating, TFDS building and the tf.data pipeline."""

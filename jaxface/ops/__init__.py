@@ -1,0 +1,1 @@
+"""Low-level array operations shared by the models (no Flax modules here)."""
