@@ -1,0 +1,306 @@
+"""The challenge layout: people, meta.json, test pairs, labels; any image file -> RGB uint8.
+
+A data folder holds `train/` and/or `test_public/`:
+
+    train/images/<person_id>/<k>.jpg     photos of one person (fakes of that person live here too)
+    train/meta.json                      {"<person_id>/<k>.jpg": 0 real | 1 generated}
+    test_public/<pair_id>/0.jpg, 1.jpg   pairs to score
+    labels.csv                           pair_id,label[,kind] (ours; the challenge published none)
+
+Every reader here raises a `DataFormatError` (a `ValueError`) whose message is one line naming the file, what is wrong
+and what to do, so command-line tools can print it and exit 2 without a traceback.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import pathlib
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+PathLike = str | os.PathLike
+
+# Kinds of test pairs. `fake` is a fake pair whose finer kind is unknown (realfaces-dev).
+PAIR_KINDS = ('same', 'different', 'own_fake', 'other_fake', 'fake')
+
+
+class DataFormatError(ValueError):
+  """A data file that cannot be used; the message is "<path>: <what is wrong> (<what to do>)"."""
+
+
+class ImageReadError(DataFormatError):
+  """An image file that cannot be decoded (empty, truncated, corrupt, not an image)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainImage:
+  person_id: str
+  rel_path: str  # "<person_id>/<k>.jpg", the meta.json key
+  path: pathlib.Path
+  is_fake: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TestPair:
+  pair_id: str
+  path0: pathlib.Path
+  path1: pathlib.Path
+
+
+@dataclasses.dataclass(frozen=True)
+class PairLabel:
+  label: int
+  kind: str | None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Images.
+
+
+def _one_line(error: BaseException) -> str:
+  text = ' '.join(str(error).split()) or type(error).__name__
+  return f'{type(error).__name__}: {text}'
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+  """Scales a one-channel integer or float image of any bit depth to uint8, keeping its tones (no clipping)."""
+  values = values.astype(np.float64)
+  if values.size == 0:
+    return values.astype(np.uint8)
+  low, high = float(values.min()), float(values.max())
+  if low >= 0 and high <= 1.0 and values.dtype.kind == 'f' and high > 0:
+    scale = 255.0  # float image in [0, 1]
+  elif low >= 0 and high <= 255:
+    scale = 1.0
+  elif low >= 0 and high <= 65535:
+    scale = 255.0 / 65535.0  # 16-bit: 65535 -> 255, 257 -> 1
+  else:  # 32-bit ints or floats out of any usual range: stretch what is there
+    values = values - low
+    scale = 255.0 / max(high - low, 1e-12)
+  return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+
+
+def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
+  alpha = rgba[..., 3:4].astype(np.uint16)
+  return ((rgba[..., :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+
+
+def _image_to_rgb(img: Image.Image) -> np.ndarray:
+  """PIL image of any mode -> (H, W, 3) uint8 RGB. Transparent pixels are composited on black."""
+  mode = img.mode
+  if mode == 'RGB':
+    return np.asarray(img, dtype=np.uint8)
+  if mode == 'P':
+    # A palette may carry transparency (tRNS / GIF transparency index).
+    img = img.convert('RGBA' if 'transparency' in img.info or img.palette.mode == 'RGBA' else 'RGB')
+    return _image_to_rgb(img)
+  if mode in ('RGBA', 'RGBa', 'LA', 'La', 'PA'):
+    return _composite_on_black(np.asarray(img.convert('RGBA'), dtype=np.uint8))
+  if mode == 'L':
+    grey = np.asarray(img, dtype=np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  if mode.startswith('I') or mode == 'F':
+    # 16-bit PNGs open as 'I;16*' (or 'I'); scale the full range down rather than clip at 255.
+    grey = _to_uint8(np.asarray(img))
+    if grey.ndim == 3:  # multi-channel 16-bit modes, should Pillow ever return them
+      return grey[..., :3] if grey.shape[-1] >= 3 else np.repeat(grey[..., :1], 3, axis=-1)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  # '1', 'CMYK', 'YCbCr', 'LAB', 'HSV', ...: Pillow knows the conversion.
+  return np.asarray(img.convert('RGB'), dtype=np.uint8)
+
+
+def decode_rgb(data: bytes, name: str) -> np.ndarray:
+  """Decodes image bytes of any common format and mode to RGB.
+
+  Greyscale is repeated to three channels; palette images are expanded; alpha (RGBA, LA, palette transparency) is
+  composited on black; CMYK is converted; 16-bit greyscale is scaled (65535 -> 255); EXIF orientation is applied.
+
+  Args:
+    data: the encoded file contents.
+    name: the file name, used only in error messages.
+
+  Returns:
+    (H, W, 3) uint8 RGB.
+
+  Raises:
+    ImageReadError: empty, truncated, corrupt or not an image; one line naming `name`.
+  """
+  if not data:
+    raise ImageReadError(f'{name}: empty file (0 bytes) (re-copy the file or remove it and its meta.json entry)')
+  if ImageFile.LOAD_TRUNCATED_IMAGES:
+    # Someone switched on Pillow's silent grey fill; a truncated photo must not pass as a face.
+    raise ImageReadError(f'{name}: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on, so truncation cannot be detected '
+                         '(leave it off when reading challenge data)')
+  try:
+    with Image.open(io.BytesIO(data)) as img:
+      img.load()  # decode fully now, so a truncated file fails here and not later
+      img = ImageOps.exif_transpose(img)
+      rgb = _image_to_rgb(img)
+  except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+    raise ImageReadError(f'{name}: cannot decode image, truncated or corrupt ({_one_line(error)}) '
+                         '(re-copy the file or remove it and its meta.json entry)') from None
+  if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+    raise ImageReadError(f'{name}: decoded to an unusable shape {rgb.shape} (replace the file)')
+  return np.ascontiguousarray(rgb)
+
+
+def load_rgb(path: PathLike) -> np.ndarray:
+  """Reads an image file of any common format and mode as RGB; see `decode_rgb`.
+
+  Returns:
+    (H, W, 3) uint8 RGB.
+
+  Raises:
+    ImageReadError: missing, unreadable, empty, truncated or corrupt file; one line naming `path`.
+  """
+  try:
+    data = pathlib.Path(path).read_bytes()
+  except OSError as error:
+    raise ImageReadError(f'{path}: cannot read file ({_one_line(error)}) (check the path and its permissions)') from None
+  return decode_rgb(data, str(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Layout.
+
+
+def meta_path(data_dir: PathLike) -> pathlib.Path:
+  return pathlib.Path(data_dir) / 'train' / 'meta.json'
+
+
+def train_images_dir(data_dir: PathLike) -> pathlib.Path:
+  return pathlib.Path(data_dir) / 'train' / 'images'
+
+
+def test_pairs_dir(data_dir: PathLike) -> pathlib.Path:
+  return pathlib.Path(data_dir) / 'test_public'
+
+
+def default_labels_path(data_dir: PathLike) -> pathlib.Path:
+  """Where the pair labels of a data folder live: data_dir/labels.csv."""
+  return pathlib.Path(data_dir) / 'labels.csv'
+
+
+def parse_meta(text: str, name: str) -> tuple[dict[str, int], list[str]]:
+  """Parses meta.json text, keeping what is usable.
+
+  Returns:
+    ({key: 0|1} for the valid entries, one problem line per invalid entry).
+
+  Raises:
+    DataFormatError: the text is not a JSON object at all.
+  """
+  try:
+    raw = json.loads(text)
+  except json.JSONDecodeError as error:
+    raise DataFormatError(f'{name}: malformed JSON at line {error.lineno} column {error.colno}: {error.msg} '
+                          '(fix or regenerate the file)') from None
+  if not isinstance(raw, dict):
+    raise DataFormatError(f'{name}: expected a JSON object {{"<person>/<k>.jpg": 0 or 1}}, got {type(raw).__name__} '
+                          '(fix or regenerate the file)')
+  meta, problems = {}, []
+  for key, value in raw.items():
+    if isinstance(value, bool) or value not in (0, 1) or not isinstance(value, int):
+      problems.append(f'{name}: key {key!r} has value {value!r}, expected 0 (real) or 1 (generated) (fix the value)')
+    elif key.count('/') != 1 or not all(key.split('/')):
+      problems.append(f'{name}: key {key!r} is not "<person_id>/<file>" (fix the key)')
+    else:
+      meta[key] = value
+  return meta, problems
+
+
+def read_meta(data_dir: PathLike) -> dict[str, int]:
+  """Reads train/meta.json of a data folder.
+
+  Returns:
+    {"<person_id>/<k>.jpg": 0 real | 1 generated}; {} when the folder has no train/ at all (a test-only folder).
+
+  Raises:
+    DataFormatError: meta.json missing while train/ exists, malformed JSON, or a value other than 0/1.
+  """
+  path = meta_path(data_dir)
+  if not path.exists():
+    if not (pathlib.Path(data_dir) / 'train').exists():
+      return {}
+    raise DataFormatError(f'{path}: missing (train/ needs meta.json mapping "<person>/<k>.jpg" to 0 or 1)')
+  try:
+    text = path.read_text(encoding='utf-8')
+  except (OSError, UnicodeDecodeError) as error:
+    raise DataFormatError(f'{path}: cannot read ({_one_line(error)}) (check the file)') from None
+  meta, problems = parse_meta(text, str(path))
+  if problems:
+    more = f' (and {len(problems) - 1} more problems)' if len(problems) > 1 else ''
+    raise DataFormatError(problems[0] + more)
+  return meta
+
+
+def list_train_images(data_dir: PathLike) -> list[TrainImage]:
+  """Lists the training photos named in meta.json that exist on disk, sorted by (person_id, rel_path).
+
+  Keys whose file is missing are skipped (`python -m jaxface.data.check` reports them).
+  """
+  images_dir = train_images_dir(data_dir)
+  images = []
+  for rel_path, is_fake in read_meta(data_dir).items():
+    path = images_dir / rel_path
+    if path.is_file():
+      images.append(TrainImage(person_id=rel_path.split('/')[0], rel_path=rel_path, path=path, is_fake=int(is_fake)))
+  return sorted(images, key=lambda image: (image.person_id, image.rel_path))
+
+
+def list_test_pairs(data_dir: PathLike) -> list[TestPair]:
+  """Lists test_public/<pair_id>/ folders sorted by pair_id; [] when there is no test_public/.
+
+  Pairs are listed even when a file is missing, so a scorer fails loudly on them instead of dropping them.
+  """
+  pairs_dir = test_pairs_dir(data_dir)
+  if not pairs_dir.is_dir():
+    return []
+  pairs = [TestPair(pair_id=entry.name, path0=entry / '0.jpg', path1=entry / '1.jpg')
+           for entry in pairs_dir.iterdir() if entry.is_dir() and not entry.name.startswith('.')]
+  return sorted(pairs, key=lambda pair: pair.pair_id)
+
+
+def _normalise_pair_id(pair_id: str) -> str:
+  # Spreadsheets drop the leading zeros of "00000042"; pair folders always have 8 digits.
+  pair_id = pair_id.strip()
+  return pair_id.zfill(8) if pair_id.isdigit() and len(pair_id) < 8 else pair_id
+
+
+def read_labels(path: PathLike) -> dict[str, PairLabel]:
+  """Reads pair labels: CSV rows `pair_id,label[,kind]`, header optional.
+
+  Digit-only pair ids shorter than 8 characters are zero-padded (a spreadsheet may have stripped the zeros).
+  An empty kind becomes None.
+
+  Raises:
+    DataFormatError: missing file, a row with too few columns, a label other than 0/1, a repeated pair_id.
+  """
+  path = pathlib.Path(path)
+  try:
+    text = path.read_text(encoding='utf-8-sig')
+  except (OSError, UnicodeDecodeError) as error:
+    raise DataFormatError(f'{path}: cannot read labels ({_one_line(error)}) '
+                          '(give a CSV with pair_id,label[,kind])') from None
+  labels: dict[str, PairLabel] = {}
+  for line_number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+    if not row or not any(cell.strip() for cell in row):
+      continue
+    if line_number == 1 and row[0].strip().lower() == 'pair_id':
+      continue
+    if len(row) < 2:
+      raise DataFormatError(f'{path}: line {line_number}: expected pair_id,label[,kind], got {",".join(row)!r} '
+                            '(fix the row)')
+    pair_id, label_text = _normalise_pair_id(row[0]), row[1].strip()
+    if label_text not in ('0', '1'):
+      raise DataFormatError(f'{path}: line {line_number}: pair {pair_id} has label {label_text!r}, expected 0 or 1 '
+                            '(fix the row)')
+    if pair_id in labels:
+      raise DataFormatError(f'{path}: line {line_number}: pair {pair_id} is listed twice (keep one row)')
+    kind = row[2].strip() if len(row) > 2 and row[2].strip() else None
+    labels[pair_id] = PairLabel(label=int(label_text), kind=kind)
+  return labels
