@@ -1,0 +1,153 @@
+"""Orbax checkpoints of a training run, its best model, and loading them back for inference.
+
+A workdir holds:
+
+- `config.json`: the run's ConfigDict, so a checkpoint can be used without its config file;
+- `checkpoints/<step>/`: the full training state (parameters, optimiser, batch statistics, AdaFace EMA statistics, RNG,
+  step), written asynchronously every `config.checkpoint_every` steps and at the end, the last `config.keep` kept;
+- `best/<step>/`: the inference variables of the model with the best fused validation EER, with its scoring
+  calibration (fuse strength, threshold at the EER).
+
+Every checkpoint step is an Orbax composite of `state` (arrays) and `meta` (JSON: step, scoring, validation metrics).
+The position in the data is the step itself: the input pipeline is deterministic and resumes at any step.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = 'config.json'
+TRAIN_DIR = 'checkpoints'
+BEST_DIR = 'best'
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that is missing or unusable; the message is one line for the user."""
+
+
+def save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """Writes the run's config beside its checkpoints (JSON)."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """Reads the config a workdir was trained with."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.is_file():
+    raise CheckpointError(f'{path}: no config.json here (is this a jaxface training workdir?)')
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def train_manager(workdir: str | pathlib.Path, *, save_every: int, keep: int) -> ocp.CheckpointManager:
+  """The asynchronous manager of full training states, `workdir/checkpoints`."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=True, create=True)
+  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / TRAIN_DIR, options=options)
+
+
+def best_manager(workdir: str | pathlib.Path) -> ocp.CheckpointManager:
+  """The manager of the best model by fused validation EER, `workdir/best` (one kept)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False, create=True)
+  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / BEST_DIR, options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
+  """Saves `state` (a pytree of host or single-device arrays) and the JSON `meta` at `step`."""
+  return manager.save(
+      step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
+  """Restores (state, meta, step) at `step` (default: latest) into the structure of `abstract_state`.
+
+  The abstract target (shapes, dtypes, shardings from `jax.eval_shape`) is what lets a checkpoint written on one device
+  count restore on another.
+  """
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(f'{manager.directory}: no checkpoint to restore')
+  restored = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  return restored.state, dict(restored.meta or {}), step
+
+
+def _abstract(tree: Any) -> Any:
+  device = jax.local_devices()[0]
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding), tree)
+
+
+def inference_variables(state: Any) -> dict:
+  """The FaceModel variables {'params', 'batch_stats'} inside a training state (no class weights, no optimiser)."""
+  return {'params': state['params']['model'], 'batch_stats': state['batch_stats']}
+
+
+def _resolve(path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, int | None]:
+  """Finds (workdir, manager directory, step) for a workdir, a `best/`/`checkpoints/` folder or one step folder."""
+  if (path / CONFIG_FILE).is_file():
+    if (path / BEST_DIR).is_dir() and any(p.name.isdigit() for p in (path / BEST_DIR).iterdir()):
+      return path, path / BEST_DIR, None
+    return path, path / TRAIN_DIR, None
+  if (path.parent / CONFIG_FILE).is_file() and path.name in (BEST_DIR, TRAIN_DIR):
+    return path.parent, path, None
+  if path.name.isdigit() and (path.parent.parent / CONFIG_FILE).is_file():
+    return path.parent.parent, path.parent, int(path.name)
+  raise CheckpointError(
+      f'{path}: not a jaxface checkpoint (pass a training workdir, its best/ folder, or one checkpoint step folder)')
+
+
+def load_inference(path: str | pathlib.Path) -> tuple[ml_collections.ConfigDict, dict, dict]:
+  """Loads what inference needs from a workdir (its best checkpoint, else its latest) or one step folder.
+
+  Returns:
+    (config, variables, scoring): the run's ConfigDict; the FaceModel variables {'params', 'batch_stats'};
+    {'fuse_strength': float, 'threshold': float} chosen on validation pairs (defaults 1.0 and 0.5 when the checkpoint
+    was saved before any validation).
+  """
+  from jaxface.models.face_model import build_model  # pylint: disable=g-import-not-at-top
+
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise CheckpointError(f'{path}: checkpoint not found (train one with python -m jaxface.train --workdir DIR)')
+  workdir, directory, step = _resolve(path)
+  config = load_config(workdir)
+  model = build_model(config.model)
+  size = config.model.input_size
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, size, size, 3), np.float32), train=False))
+  manager = ocp.CheckpointManager(directory.absolute())
+  if manager.latest_step() is None:
+    raise CheckpointError(f'{directory}: holds no checkpoint yet')
+  is_best = directory.name == BEST_DIR
+  if is_best:
+    abstract = _abstract({'params': shapes['params'], 'batch_stats': shapes['batch_stats']})
+  else:
+    # A full training state: restore only the arrays inference needs, whatever the optimiser was.
+    metadata = manager.item_metadata(step or manager.latest_step())
+    tree = metadata['state'] if 'state' in metadata else metadata.state
+    abstract = _abstract_from_metadata(tree)
+  state, meta, _ = restore(manager, abstract, step)
+  manager.close()
+  variables = state if is_best else inference_variables(state)
+  variables = jax.tree.map(np.asarray, variables)
+  scoring = {'fuse_strength': 1.0, 'threshold': 0.5}
+  scoring.update(meta.get('scoring', {}))
+  return config, variables, scoring
+
+
+def _abstract_from_metadata(tree: Any) -> Any:
+  device = jax.local_devices()[0]
+  sharding = jax.sharding.SingleDeviceSharding(device)
+
+  def leaf(m):
+    return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding)
+
+  return jax.tree.map(leaf, tree, is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
