@@ -1,0 +1,91 @@
+"""Baseline backbones for the comparison rows: a plain (post-activation, ReLU) ResNet-18 and a small plain CNN.
+
+Both keep the IR nets' face-sized stem (conv3x3 stride 1, no max-pool, 112 -> 7 in four stride-2 stages) and return the
+same (embedding, stages) pair, so heads, losses and the trainer treat every backbone alike.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxface.models.iresnet import STAGE_CHANNELS, EmbeddingOutput, scaled_channels
+from jaxface.models.layers import Conv, batch_norm
+
+
+class BasicBlock(nn.Module):
+  """He et al.'s post-activation basic block: conv-BN-ReLU-conv-BN + shortcut, ReLU after the sum."""
+  features: int
+  stride: int
+  train: bool = False
+  bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(B, H, W, C_in) -> (B, H/stride, W/stride, features)."""
+    bn = lambda name, **kw: batch_norm(self.train, self.bn_axis_name, self.dtype, name=name, **kw)
+    y = Conv(self.features, 3, self.stride, 1, dtype=self.dtype, name='conv1')(x)
+    y = nn.relu(bn('bn1')(y))
+    y = Conv(self.features, 3, 1, 1, dtype=self.dtype, name='conv2')(y)
+    # Zero-initialised last BN scale: each block starts as the identity, as in Goyal et al.
+    y = bn('bn2', scale_init=nn.initializers.zeros)(y)
+    if x.shape[-1] != self.features or self.stride != 1:
+      x = Conv(self.features, 1, self.stride, 0, dtype=self.dtype, name='shortcut_conv')(x)
+      x = bn('shortcut_bn')(x)
+    return nn.relu(y + x)
+
+
+class ResNet18(nn.Module):
+  """Plain ResNet-18 (2, 2, 2, 2 basic blocks) with the IR nets' stem and embedding output."""
+  width: float = 1.0
+  embedding_dim: int = 512
+  dropout: float = 0.4
+  bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(B, S, S, 3) float32 in [-1, 1] -> embedding (B, embedding_dim) float32 and stage outputs stage1..stage4."""
+    x = Conv(scaled_channels(64, self.width), 3, 1, 1, dtype=self.dtype, name='stem_conv')(images.astype(self.dtype))
+    x = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, name='stem_bn')(x))
+    stages = {}
+    index = 0
+    for stage, channels in enumerate(STAGE_CHANNELS):
+      for k in range(2):
+        x = BasicBlock(scaled_channels(channels, self.width), 2 if k == 0 else 1, train, self.bn_axis_name, self.dtype,
+                       name=f'body_{index}')(x)
+        index += 1
+      stages[f'stage{stage + 1}'] = x
+    embedding = EmbeddingOutput(self.embedding_dim, self.dropout, train, self.bn_axis_name, self.dtype,
+                                name='output')(x)
+    return embedding, stages
+
+
+class SmallCNN(nn.Module):
+  """Four conv-BN-ReLU stages (32/64/128/256 x width, stride 2 each), global average pooling, Dense, BN1d.
+
+  The cheapest row of the baseline table: no residuals, no flatten, about 0.52 M parameters at width 1.
+  """
+  width: float = 1.0
+  embedding_dim: int = 512
+  dropout: float = 0.4
+  bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(B, S, S, 3) float32 in [-1, 1] -> embedding (B, embedding_dim) float32 and stage outputs stage1..stage4."""
+    x = images.astype(self.dtype)
+    stages = {}
+    for stage, channels in enumerate((32, 64, 128, 256)):
+      x = Conv(scaled_channels(channels, self.width), 3, 2, 1, dtype=self.dtype, name=f'conv{stage + 1}')(x)
+      x = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, name=f'bn{stage + 1}')(x))
+      stages[f'stage{stage + 1}'] = x
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = nn.Dense(self.embedding_dim, name='output_dense')(x)
+    x = batch_norm(train, self.bn_axis_name, jnp.float32, use_scale=False, use_bias=False, name='embedding_bn')(x)
+    return x, stages

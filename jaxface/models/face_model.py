@@ -1,0 +1,102 @@
+"""One model, two heads: backbone -> shared embedding -> (identity via AdaFace in the trainer, fake logit here).
+
+    images (B, S, S, 3) in [-1, 1]
+      -> backbone (IR-ResNet or a baseline)            variables['params']['backbone'], ['batch_stats']['backbone']
+      -> embedding (B, 512), un-normalised: its norm is AdaFace's image-quality signal, so it is kept
+      -> fake head -> fake_logit (B,)                  variables['params']['fake_head']
+
+The AdaFace class weights are not part of FaceModel: they live in `jaxface.models.heads.AdaFaceHead`, which the
+trainer owns next to the model, so inference and checkpoints for verification need no class weights. Pretrained
+backbones from `jaxface.convert.load_converted` graft in at `params['backbone']` and `batch_stats['backbone']`.
+
+What the fake head sees ('features', the default): the stage-1 (S/2, 64 channels) and stage-2 (S/4, 128 channels)
+feature maps as well as the normalised embedding. Generation traces (blending seams, up-sampling checkerboards, colour
+and noise statistics) are low-level, and an embedding trained by AdaFace to ignore nuisances such as blur, lighting and
+compression is trained to ignore exactly these too; the early maps still hold them. A conv3x3-BN-ReLU on the stage-1
+map learns trace filters of its own, then mean+std pooling (std keeps the energy of high-frequency residue) of that and
+of the stage-2 map, the embedding, LayerNorm and a 2-layer MLP give one logit. The fake loss's gradient flows into the
+backbone's stem and first two stages (they learn to keep traces) but is stopped at the embedding, which stays shaped
+by the identity and push-away losses only. 'embedding' reads the embedding alone (cheaper, weaker on traces); 'none'
+returns a zero logit.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxface.models.baselines import ResNet18, SmallCNN
+from jaxface.models.heads import FakeHead
+from jaxface.models.iresnet import IR_UNITS, IResNet
+from jaxface.models.layers import dtype_from_name
+
+ARCHS = (*IR_UNITS, 'resnet_18', 'small_cnn')
+
+
+def build_backbone(arch: str, width: float = 1.0, embedding_dim: int = 512, dropout: float = 0.4,
+                   bn_axis_name: str | None = None, dtype: Any = jnp.float32, name: str | None = None) -> nn.Module:
+  """The backbone module for `arch` in ir_18|ir_34|ir_50|ir_101|resnet_18|small_cnn.
+
+  Its __call__(images (B, S, S, 3), train) returns (embedding (B, embedding_dim) float32, {'stage1'..'stage4': maps}).
+  """
+  kwargs = dict(width=width, embedding_dim=embedding_dim, dropout=dropout, bn_axis_name=bn_axis_name, dtype=dtype,
+                name=name)
+  if arch in IR_UNITS:
+    return IResNet(IR_UNITS[arch], **kwargs)
+  if arch == 'resnet_18':
+    return ResNet18(**kwargs)
+  if arch == 'small_cnn':
+    return SmallCNN(**kwargs)
+  raise ValueError(f'unknown arch {arch!r}: use one of {", ".join(ARCHS)}')
+
+
+class FaceModel(nn.Module):
+  """Backbone plus deepfake head; see the module docstring."""
+  arch: str = 'ir_50'
+  width: float = 1.0
+  embedding_dim: int = 512
+  dropout: float = 0.4
+  fake_head: str = 'features'
+  bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    """Embeds faces and scores them as fake.
+
+    Args:
+      images: (B, S, S, 3) float32 RGB in [-1, 1], S = 112 or 56.
+      train: BatchNorm batch statistics and dropout on (needs mutable=['batch_stats'] and a 'dropout' rng).
+
+    Returns:
+      {'embedding': (B, embedding_dim) float32 un-normalised, 'fake_logit': (B,) float32}.
+    """
+    backbone = build_backbone(self.arch, self.width, self.embedding_dim, self.dropout, self.bn_axis_name, self.dtype,
+                              name='backbone')
+    embedding, stages = backbone(images, train=train)
+    if self.fake_head == 'none':
+      fake_logit = jnp.zeros(embedding.shape[:1], jnp.float32)
+    else:
+      fake_logit = FakeHead(self.fake_head, train=train, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
+                            name='fake_head')(embedding, stages)
+    return {'embedding': embedding.astype(jnp.float32), 'fake_logit': fake_logit.astype(jnp.float32)}
+
+
+def build_model(cfg) -> FaceModel:
+  """FaceModel from `config.model` (ml_collections.ConfigDict or dict).
+
+  Fields: arch, width (1.0 = official), input_size (112 | 56; the model adapts to the input, the field is for the data
+  and the converter), embedding_dim (512), dropout (0.4), fake_head ('features' | 'embedding' | 'none'),
+  dtype ('float32' | 'bfloat16'), bn_axis_name (None or the pmap axis, e.g. 'batch').
+  """
+  get = cfg.get
+  arch = get('arch', 'ir_50')
+  if arch not in ARCHS:
+    raise ValueError(f'config.model.arch {arch!r} is not one of {", ".join(ARCHS)}')
+  if get('input_size', 112) not in (112, 56):
+    raise ValueError(f"config.model.input_size {get('input_size')!r} is not 112 or 56")
+  return FaceModel(arch=arch, width=float(get('width', 1.0)), embedding_dim=int(get('embedding_dim', 512)),
+                   dropout=float(get('dropout', 0.4)), fake_head=get('fake_head', 'features'),
+                   bn_axis_name=get('bn_axis_name', None), dtype=dtype_from_name(get('dtype', 'float32')))

@@ -1,0 +1,107 @@
+"""PyTorch reference IR-ResNet, written after AdaFace's / CVLFace's `net.py` with the same module tree and key names.
+
+Used by the parity tests and by the benchmark helpers: `build_torch_ir(arch, width=1.0)` returns a module whose
+state_dict keys are the official ones (`input_layer.0.weight`, `body.<i>.res_layer.<k>.*`, `body.<i>.shortcut_layer.*`,
+`output_layer.{0,3,4}.*`). forward(x (B, 3, S, S)) returns the un-normalised embedding (B, 512); the official forward
+returns (embedding / norm, norm), which is the same information.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+IR_UNITS = {
+    'ir_18': (2, 2, 2, 2),
+    'ir_34': (3, 4, 6, 3),
+    'ir_50': (3, 4, 14, 3),
+    'ir_101': (3, 13, 30, 3),
+}
+
+
+def _channels(channels: int, width: float) -> int:
+  # Same rounding as jaxface.models.iresnet.scaled_channels (kept separate: this file must stay an independent copy).
+  if width == 1.0:
+    return channels
+  return max(8, int(round(channels * width / 8)) * 8)
+
+
+class BasicBlockIR(nn.Module):
+  """Official unit: res_layer = BN, conv3x3, BN, PReLU, conv3x3(stride), BN; shortcut MaxPool2d(1, s) or conv1x1+BN."""
+
+  def __init__(self, in_channel: int, depth: int, stride: int):
+    super().__init__()
+    if in_channel == depth:
+      self.shortcut_layer = nn.MaxPool2d(1, stride)
+    else:
+      self.shortcut_layer = nn.Sequential(
+          nn.Conv2d(in_channel, depth, (1, 1), stride, bias=False), nn.BatchNorm2d(depth))
+    self.res_layer = nn.Sequential(
+        nn.BatchNorm2d(in_channel),
+        nn.Conv2d(in_channel, depth, (3, 3), (1, 1), 1, bias=False),
+        nn.BatchNorm2d(depth),
+        nn.PReLU(depth),
+        nn.Conv2d(depth, depth, (3, 3), stride, 1, bias=False),
+        nn.BatchNorm2d(depth))
+
+  def forward(self, x):
+    return self.res_layer(x) + self.shortcut_layer(x)
+
+
+class Backbone(nn.Module):
+  """Official `Backbone(input_size, num_layers, mode='ir')` for 112 (or 56) inputs."""
+
+  def __init__(self, arch: str, width: float = 1.0, input_size: int = 112, embedding_dim: int = 512):
+    super().__init__()
+    stem = _channels(64, width)
+    self.input_layer = nn.Sequential(nn.Conv2d(3, stem, (3, 3), 1, 1, bias=False), nn.BatchNorm2d(stem),
+                                     nn.PReLU(stem))
+    units = []
+    in_channel = stem
+    for count, depth in zip(IR_UNITS[arch], (64, 128, 256, 512)):
+      depth = _channels(depth, width)
+      units.append(BasicBlockIR(in_channel, depth, 2))
+      units += [BasicBlockIR(depth, depth, 1) for _ in range(count - 1)]
+      in_channel = depth
+    self.body = nn.Sequential(*units)
+    grid = input_size
+    for _ in range(4):
+      grid = (grid - 1) // 2 + 1
+    self.output_layer = nn.Sequential(
+        nn.BatchNorm2d(in_channel), nn.Dropout(0.4), nn.Flatten(),
+        nn.Linear(in_channel * grid * grid, embedding_dim), nn.BatchNorm1d(embedding_dim, affine=False))
+
+  def forward(self, x):
+    return self.output_layer(self.body(self.input_layer(x)))
+
+
+def build_torch_ir(arch: str, width: float = 1.0, input_size: int = 112) -> Backbone:
+  """Official-layout IR net with PyTorch's default initialisation, in eval mode."""
+  return Backbone(arch, width, input_size).eval()
+
+
+@torch.no_grad()
+def randomize(net: nn.Module, seed: int = 0, input_size: int = 112, batches: int = 2) -> nn.Module:
+  """Gives every parameter and BatchNorm statistic non-trivial values, keeping activations of order one.
+
+  PReLU slopes and BN affine parameters are drawn at random; running statistics are then measured on random inputs
+  (cumulative average) so that deep nets neither explode nor vanish, and finally jittered so that no statistic is an
+  exact batch statistic. Returns the net in eval mode.
+  """
+  gen = torch.Generator().manual_seed(seed)
+  for module in net.modules():
+    if isinstance(module, nn.PReLU):
+      module.weight.copy_(torch.rand(module.weight.shape, generator=gen) * 0.5)
+    elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+      module.momentum = None
+      module.reset_running_stats()
+      if module.affine:
+        module.weight.copy_(0.5 + torch.rand(module.weight.shape, generator=gen))
+        module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.2)
+  net.train()
+  for _ in range(batches):
+    net(torch.rand((4, 3, input_size, input_size), generator=gen) * 2 - 1)
+  for module in net.modules():
+    if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+      module.running_mean.add_(torch.randn(module.running_mean.shape, generator=gen) * 0.05)
+      module.running_var.mul_(0.8 + 0.4 * torch.rand(module.running_var.shape, generator=gen))
+  return net.eval()
