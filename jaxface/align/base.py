@@ -64,6 +64,12 @@ def fallback_face(photo: np.ndarray, size: int = 112) -> tuple[np.ndarray, np.nd
   return face, photo_points.astype(np.float32), crop_points
 
 
+def _usable_landmarks(points: np.ndarray) -> bool:
+  """False for landmarks no similarity can use: non-finite or collapsed to (nearly) one point."""
+  points = np.asarray(points, np.float64)
+  return bool(np.isfinite(points).all() and np.linalg.norm(points - points.mean(0), axis=1).max() > 0.5)
+
+
 def faces_from_landmarks(photos: Sequence[np.ndarray], landmarks: np.ndarray, scores: np.ndarray,
                          found: np.ndarray, size: int = 112) -> AlignResult:
   """Warps each full-resolution photo so its 5 landmarks land on the template; centre-crops where found is False.
@@ -72,14 +78,17 @@ def faces_from_landmarks(photos: Sequence[np.ndarray], landmarks: np.ndarray, sc
     photos: B photos, (H, W, 3) uint8 RGB, any sizes.
     landmarks: (B, 5, 2) landmarks in photo pixels (ignored where not found).
     scores: (B,) face scores.
-    found: (B,) bool.
+    found: (B,) bool; landmarks that are non-finite or collapsed to one point also count as not found.
   Returns:
     AlignResult with (B, size, size, 3) faces.
   """
   dst = template.template_for_size(size)
+  found = np.array(found, bool)
   faces, photo_points, crop_points = [], [], []
-  for photo, points, ok in zip(photos, landmarks, found):
-    if ok:
+  for i, (photo, points) in enumerate(zip(photos, landmarks)):
+    if found[i]:
+      found[i] = _usable_landmarks(points)
+    if found[i]:
       matrix = template.similarity_transform(points, dst)
       faces.append(template.warp_face(photo, matrix, size))
       photo_points.append(np.asarray(points, np.float32))
@@ -89,7 +98,6 @@ def faces_from_landmarks(photos: Sequence[np.ndarray], landmarks: np.ndarray, sc
       faces.append(face)
       photo_points.append(in_photo)
       crop_points.append(in_crop)
-  found = np.asarray(found, bool)
   return AlignResult(faces=np.stack(faces).astype(np.uint8), landmarks=np.stack(photo_points).astype(np.float32),
                      crop_landmarks=np.stack(crop_points).astype(np.float32),
                      scores=np.where(found, np.asarray(scores, np.float32), 0.0).astype(np.float32), found=found)
