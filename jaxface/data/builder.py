@@ -447,9 +447,11 @@ class JaxfaceFaces(tfds.core.GeneratorBasedBuilder):
     DIR/labels.csv (optional: pair_id,label[,kind] for the test pairs).
   """
 
-  def __init__(self, *, options: BuildOptions | None = None, **kwargs: Any):
-    """Args: options (only used when preparing; a prepared dataset's options are in info.metadata)."""
+  def __init__(self, *, options: BuildOptions | None = None, aligner: Any = None, **kwargs: Any):
+    """Args: options and an optional ready aligner, used only when preparing (a prepared dataset keeps its options
+    in info.metadata); other kwargs go to tfds.core.GeneratorBasedBuilder (data_dir, ...)."""
     self.options = options or BuildOptions()
+    self._aligner = aligner
     self.align_report: dict[str, Any] = {}
     super().__init__(**kwargs)
 
@@ -477,7 +479,6 @@ class JaxfaceFaces(tfds.core.GeneratorBasedBuilder):
   # Generation.
 
   def _split_generators(self, dl_manager):
-    from jaxface.align import base as align_base  # pylint: disable=import-outside-toplevel
     options = self.options
     data_dir = pathlib.Path(dl_manager.manual_dir)
     images = challenge.list_train_images(data_dir)
@@ -486,8 +487,7 @@ class JaxfaceFaces(tfds.core.GeneratorBasedBuilder):
         challenge.default_labels_path(data_dir) if challenge.default_labels_path(data_dir).exists() else None)
     test_pairs = make_test_pairs(data_dir, labels_path)
 
-    aligner = align_base.make_aligner(options.aligner, options.aligner_path, options.device,
-                                      batch_size=options.batch_size)
+    aligner = self._aligner or make_aligner(options)
     aligner_meta = {'name': aligner.name, 'path': options.aligner_path, 'settings': aligner.settings(),
                     'min_score': options.min_score, 'max_photo_side': options.max_photo_side,
                     'jpeg_quality': options.jpeg_quality, 'face_size': FACE_SIZE}
@@ -622,6 +622,17 @@ def dataset_dir(out: PathLike) -> pathlib.Path:
   return pathlib.Path(out) / NAME / str(JaxfaceFaces.VERSION)
 
 
+def make_aligner(options: BuildOptions):
+  """The aligner the options name; PreprocessError (one line) when it cannot be built (weights, torch, device)."""
+  from jaxface.align import base as align_base  # pylint: disable=import-outside-toplevel
+  try:
+    return align_base.make_aligner(options.aligner, options.aligner_path, options.device,
+                                   batch_size=options.batch_size)
+  except (ValueError, OSError, ImportError, RuntimeError) as error:
+    text = ' '.join(str(error).split())
+    raise PreprocessError(f'cannot build the {options.aligner!r} aligner: {text}') from None
+
+
 def _check_data_dir(data_dir: pathlib.Path) -> None:
   if not data_dir.is_dir():
     raise PreprocessError(f'{data_dir}: data folder not found (give the challenge folder holding train/ and '
@@ -671,7 +682,8 @@ def prepare(data_dir: PathLike, out: PathLike, options: BuildOptions | None = No
 
   start = time.perf_counter()
   tfds.disable_progress_bar()  # our own bar counts photos; TFDS's would count examples again
-  builder = JaxfaceFaces(data_dir=str(out), options=options)
+  aligner = make_aligner(options)
+  builder = JaxfaceFaces(data_dir=str(out), options=options, aligner=aligner)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=str(data_dir), compute_stats=tfds.download.ComputeStatsMode.SKIP))
   report = dict(builder.align_report)
