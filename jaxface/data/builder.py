@@ -26,6 +26,7 @@ import dataclasses
 import io
 import itertools
 import json
+import logging
 import math
 import os
 import pathlib
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from PIL import Image
+from PIL import Image, ImageFile, ImageOps
 
 from jaxface.align import cache as cache_lib
 from jaxface.data import challenge
@@ -129,15 +130,48 @@ class PhotoStatus:
   error: str = ''
 
 
-def _read_photo(path: pathlib.Path, max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
-  """(H', W', 3) uint8 RGB, downscaled so max(H', W') <= max_side, and the photo's original (H, W)."""
+def read_photo(path: PathLike, max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+  """Reads a photo as RGB no larger than `max_side` on its longest side (what the aligner is given).
+
+  A large JPEG is decoded straight at a reduced scale (libjpeg's DCT scaling), so a 10000x10000 photo costs a few MB
+  and not 300 MB; other formats are decoded fully, then downscaled (antialiased bicubic). Evaluation that re-aligns
+  raw photos should read them the same way (the dataset's metadata holds max_photo_side).
+
+  Returns:
+    (H', W', 3) uint8 RGB with max(H', W') <= max_side, and the photo's (H, W) as stored.
+
+  Raises:
+    challenge.ImageReadError: missing, empty, truncated, corrupt or not an image; one line naming the file.
+  """
   from jaxface.align import template  # pylint: disable=import-outside-toplevel
-  photo = challenge.load_rgb(path)
+  path = pathlib.Path(path)
+  try:
+    data = path.read_bytes()
+  except OSError as error:
+    raise challenge.ImageReadError(f'{path}: cannot read file ({type(error).__name__}: {error}) '
+                                   '(check the path and its permissions)') from None
+  photo = shape = None
+  if data[:3] == b'\xff\xd8\xff' and not ImageFile.LOAD_TRUNCATED_IMAGES:
+    try:
+      with Image.open(io.BytesIO(data)) as img:
+        width, height = img.size
+        if max(width, height) > max_side:
+          scale = max_side / max(width, height)
+          img.draft('RGB', (math.ceil(width * scale), math.ceil(height * scale)))
+          img.load()  # a truncated file fails here
+          photo, shape = np.asarray(ImageOps.exif_transpose(img).convert('RGB'), np.uint8), (height, width)
+    except Exception as error:  # pylint: disable=broad-except  (Pillow raises many kinds)
+      text = ' '.join(str(error).split())
+      raise challenge.ImageReadError(f'{path}: cannot decode image, truncated or corrupt ({type(error).__name__}: '
+                                     f'{text}) (re-copy the file or remove it and its meta.json entry)') from None
+  if photo is None:
+    photo = challenge.decode_rgb(data, str(path))
+    shape = photo.shape[:2]
   height, width = photo.shape[:2]
   if max(height, width) > max_side:
     scale = max_side / max(height, width)
     photo = template.resize_photo(photo, max(1, round(width * scale)), max(1, round(height * scale)))
-  return photo, (height, width)
+  return photo, (int(shape[0]), int(shape[1]))
 
 
 def _encode_jpeg(face: np.ndarray, quality: int) -> bytes:
@@ -219,7 +253,7 @@ def align_into_cache(paths: Sequence[pathlib.Path], aligner, cache: cache_lib.Al
 
   def read(path):
     try:
-      return _read_photo(path, options.max_photo_side)
+      return read_photo(path, options.max_photo_side)
     except challenge.ImageReadError as error:
       return str(error)
     except Exception as error:  # pylint: disable=broad-except
@@ -435,6 +469,11 @@ def _split_names(split: Any) -> set[str]:
   return {part.split('[')[0].split('(')[-1].strip(' \'"') for part in text.split('+')}
 
 
+def _drop_dtype_warning(record: logging.LogRecord) -> bool:
+  # TFDS's own partial decoding reads the deprecated FeatureConnector.dtype and warns once per feature, every read.
+  return 'FeatureConnector.dtype` is deprecated' not in record.getMessage()
+
+
 class JaxfaceFaces(tfds.core.GeneratorBasedBuilder):
   """Aligned challenge faces: train faces, val pairs of held-out people, test_public pairs."""
 
@@ -473,7 +512,12 @@ class JaxfaceFaces(tfds.core.GeneratorBasedBuilder):
                        f'got {split!r}')
     if not isinstance(decoders, tfds.decode.PartialDecoding):
       decoders = tfds.decode.PartialDecoding(set(keys), decoders=decoders)
-    return super()._as_dataset(split, decoders=decoders, read_config=read_config, shuffle_files=shuffle_files)
+    absl_logger = logging.getLogger('absl')
+    absl_logger.addFilter(_drop_dtype_warning)
+    try:
+      return super()._as_dataset(split, decoders=decoders, read_config=read_config, shuffle_files=shuffle_files)
+    finally:
+      absl_logger.removeFilter(_drop_dtype_warning)
 
   # --------------------------------------------------------------------------------------------------------------------
   # Generation.
@@ -647,11 +691,13 @@ def _write_json(path: pathlib.Path, value: Any) -> None:
   os.replace(tmp, path)
 
 
-def prepare(data_dir: PathLike, out: PathLike, options: BuildOptions | None = None, *, overwrite: bool = False
-            ) -> dict[str, Any]:
+def prepare(data_dir: PathLike, out: PathLike, options: BuildOptions | None = None, *, overwrite: bool = False,
+            aligner: Any = None) -> dict[str, Any]:
   """Aligns the challenge photos in `data_dir` and writes the `jaxface_faces` dataset into the TFDS data_dir `out`.
 
   Resumable: faces aligned by an interrupted run are taken from the cache (default <out>/_align_cache).
+  `aligner` (a jaxface.align.base.Aligner) replaces the one `options.aligner` names; its name and settings() key the
+  cache and go into the metadata.
 
   Returns:
     The report (also written to <out>/preprocess_report.json): counts of aligned, faceless, low-score and unreadable
@@ -682,7 +728,7 @@ def prepare(data_dir: PathLike, out: PathLike, options: BuildOptions | None = No
 
   start = time.perf_counter()
   tfds.disable_progress_bar()  # our own bar counts photos; TFDS's would count examples again
-  aligner = make_aligner(options)
+  aligner = aligner or make_aligner(options)
   builder = JaxfaceFaces(data_dir=str(out), options=options, aligner=aligner)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=str(data_dir), compute_stats=tfds.download.ComputeStatsMode.SKIP))

@@ -1,0 +1,209 @@
+"""The jaxface_faces TFDS builder on tiny synthetic challenge data (aligner 'none', 64x64 photos).
+
+A dataset is written once per module and read back with tfds.builder(...).as_dataset: split counts, labels, held-out
+people, test labels, metadata. A marker aligner (the 'none' aligner that calls uniform photos faceless and magenta-
+cornered photos low-score) checks how faceless and low-score photos are counted, skipped or kept.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxface.align import base, template
+from jaxface.data import builder, challenge, synthetic
+
+import tensorflow_datasets as tfds  # noqa: E402  (after jaxface.data.builder hid the GPUs)
+
+
+def _options(**kw) -> builder.BuildOptions:
+  return builder.BuildOptions(**{'aligner': 'none', 'batch_size': 8, 'val_fraction': 0.25, 'progress': False, **kw})
+
+
+def _read(out: pathlib.Path, split: str) -> list[dict]:
+  return list(tfds.as_numpy(tfds.builder(builder.NAME, data_dir=str(out)).as_dataset(split=split)))
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory) -> pathlib.Path:
+  root = tmp_path_factory.mktemp('challenge')
+  synthetic.generate(root, people=8, photos_per_person=4, test_pairs=12, size=64)
+  return root
+
+
+@pytest.fixture(scope='module')
+def prepared(data_dir, tmp_path_factory):
+  out = tmp_path_factory.mktemp('tfds')
+  report = builder.prepare(data_dir, out, _options())
+  return out, report
+
+
+def test_train_split_holds_every_photo_of_the_train_people(data_dir, prepared):
+  out, report = prepared
+  examples = _read(out, 'train')
+  tfds_builder = tfds.builder(builder.NAME, data_dir=str(out))
+  val_people = set(tfds_builder.info.metadata['val_people'])
+  images = challenge.list_train_images(data_dir)
+  expected = {image.rel_path: image for image in images if image.person_id not in val_people}
+  assert len(examples) == len(expected) == report['splits']['train'] > 0
+  classes = sorted({image.person_id for image in expected.values()})
+  assert builder.num_classes(tfds_builder) == len(classes) == 6
+  seen = set()
+  for example in examples:
+    source = example['source'].decode()
+    rel_path = source.removeprefix('train/images/')
+    image = expected[rel_path]
+    seen.add(rel_path)
+    assert example['person_id'].decode() == image.person_id
+    assert example['label'] == classes.index(image.person_id)
+    assert example['is_fake'] == image.is_fake
+    assert example['image'].shape == (112, 112, 3) and example['image'].dtype == np.uint8
+    assert example['face_score'] == pytest.approx(1.0)
+    np.testing.assert_allclose(example['landmarks'], template.ARCFACE_TEMPLATE, atol=1e-4)
+  assert seen == set(expected)
+  assert sorted(examples[0]) == sorted(builder.TRAIN_KEYS)
+  # The stored face is the photo's centre crop (JPEG q95 of a 64->112 upscale stays within a few grey levels).
+  photo = challenge.load_rgb(data_dir / examples[0]['source'].decode())
+  crop, _ = template.centre_crop_face(photo)
+  assert np.abs(examples[0]['image'].astype(int) - crop.astype(int)).mean() < 4
+
+
+def test_val_pairs_come_only_from_held_out_people(data_dir, prepared):
+  out, report = prepared
+  meta = challenge.read_meta(data_dir)
+  val_people = set(tfds.builder(builder.NAME, data_dir=str(out)).info.metadata['val_people'])
+  train_people = {example['person_id'].decode() for example in _read(out, 'train')}
+  assert len(val_people) == 2 and not val_people & train_people
+  pairs = _read(out, 'val')
+  assert len(pairs) == report['splits']['val'] == sum(report['val_kinds'].values()) > 0
+  kinds = collections.Counter()
+  for pair in pairs:
+    rel0, rel1 = (pair[k].decode().removeprefix('train/images/') for k in ('source0', 'source1'))
+    person0, person1 = rel0.split('/')[0], rel1.split('/')[0]
+    assert {person0, person1} <= val_people
+    assert (pair['is_fake0'], pair['is_fake1']) == (meta[rel0], meta[rel1])
+    kind = pair['kind'].decode()
+    kinds[kind] += 1
+    assert pair['label'] == (1 if kind == 'same' else 0)
+    assert pair['is_fake0'] == 0  # the first photo of a pair is always real
+    assert (person0 == person1) == (kind in ('same', 'own_fake'))
+    assert pair['is_fake1'] == (1 if kind in ('own_fake', 'other_fake') else 0)
+    assert rel0 != rel1
+  assert kinds['same'] > 0 and kinds['different'] > 0
+  assert dict(kinds) == report['val_kinds']
+  # Deterministic: the same seed gives the same pairs from the same photos.
+  held_out = [image for image in challenge.list_train_images(data_dir) if image.person_id in val_people]
+  again = builder.make_val_pairs(held_out, seed=0, pairs_per_person=2)
+  assert sorted(p.pair_id for p in again) == sorted(p['pair_id'].decode() for p in pairs)
+  assert {p.pair_id: p.kind for p in again} == {p['pair_id'].decode(): p['kind'].decode() for p in pairs}
+
+
+def test_test_pairs_match_labels_csv(data_dir, prepared):
+  out, report = prepared
+  labels = challenge.read_labels(data_dir / 'labels.csv')
+  pairs = _read(out, 'test')
+  assert len(pairs) == len(labels) == len(challenge.list_test_pairs(data_dir)) == 12
+  for pair in pairs:
+    pair_id = pair['pair_id'].decode()
+    assert pair['label'] == labels[pair_id].label
+    assert pair['kind'].decode() == labels[pair_id].kind
+    assert (pair['is_fake0'], pair['is_fake1']) == (-1, -1)
+    assert pair['source0'].decode() == f'test_public/{pair_id}/0.jpg'
+    assert pair['image1'].shape == (112, 112, 3)
+  assert sorted(pairs[0]) == sorted(builder.PAIR_KEYS)
+  assert report['counts'] == {'aligned': 32 + 24, 'faceless': 0, 'low_score': 0, 'unreadable': 0, 'images': 56,
+                              'skipped': 0, 'skipped_test_pairs': 0}
+
+
+def test_metadata_records_aligner_and_options(prepared):
+  out, report = prepared
+  metadata = tfds.builder(builder.NAME, data_dir=str(out)).info.metadata
+  assert builder.aligner_settings(tfds.builder(builder.NAME, data_dir=str(out)))['name'] == 'none'
+  assert metadata['aligner']['settings'] == base.make_aligner('none').settings()
+  assert metadata['options']['val_fraction'] == 0.25 and metadata['options']['batch_size'] == 8
+  assert metadata['options']['cache_dir'] == str(out / '_align_cache')
+  assert len(metadata['class_names']) == metadata['num_classes'] == 6
+  on_disk = json.loads((out / builder.REPORT_NAME).read_text())
+  assert on_disk['splits'] == report['splits']
+
+
+def test_split_people_is_seeded_and_keeps_same_pair_people_apart():
+  images = [challenge.TrainImage(f'{p:08d}', f'{p:08d}/{k}.jpg', pathlib.Path(f'/x/{p}/{k}.jpg'), int(k == 9))
+            for p in range(40) for k in range(10 if p < 20 else 1)]
+  train, held = builder.split_people(images, 0.1, seed=3)
+  assert builder.split_people(images, 0.1, seed=3) == (train, held)
+  assert builder.split_people(images, 0.1, seed=4) != (train, held)
+  assert len(held) == 4 and sum(int(p) < 20 for p in held) == 2  # 10% of each group: with and without same pairs
+  assert sorted(train + held) == sorted({image.person_id for image in images}) and not set(train) & set(held)
+  assert builder.split_people(images, 0.0, seed=3) == (sorted({i.person_id for i in images}), [])
+
+
+def test_test_pairs_without_labels_are_unknown(data_dir):
+  pairs = builder.make_test_pairs(data_dir, None)
+  assert len(pairs) == 12
+  assert {(p.label, p.kind, p.is_fake0, p.is_fake1) for p in pairs} == {(-1, '', -1, -1)}
+
+
+class MarkerAligner(base.NoneAligner):
+  """The 'none' aligner, except uniform photos have no face and photos with a magenta top-left corner score 0.2."""
+  name = 'test-marker'
+
+  def _align_batch(self, photos):
+    result = super()._align_batch(photos)
+    found = np.array([photo.std() > 1.0 for photo in photos])
+    magenta = np.array([np.abs(photo[:8, :8].reshape(-1, 3).mean(0) - (255, 0, 255)).max() < 40 for photo in photos])
+    result.found = found
+    result.scores = np.where(found, np.where(magenta, 0.2, 0.9), 0.0).astype(np.float32)
+    return result
+
+
+def _marker_data(root: pathlib.Path) -> dict[str, str]:
+  """4 people x 3 photos, person 3's photos: one uniform grey (faceless), one magenta-cornered (low score)."""
+  rng = np.random.default_rng(0)
+  meta, kinds = {}, {}
+  for person in range(4):
+    folder = root / 'train' / 'images' / f'{person:08d}'
+    folder.mkdir(parents=True)
+    for k in range(3):
+      photo = rng.integers(0, 256, (80, 70, 3), dtype=np.uint8)
+      rel = f'{person:08d}/{k}.jpg'
+      kinds[rel] = 'aligned'
+      if person == 3 and k == 0:
+        photo[:] = 128
+        kinds[rel] = 'faceless'
+      if person == 3 and k == 1:
+        photo[:16, :16] = (255, 0, 255)
+        kinds[rel] = 'low_score'
+      Image.fromarray(photo).save(folder / f'{k}.jpg', quality=95)
+      meta[rel] = 0
+  (root / 'train' / 'meta.json').write_text(json.dumps(meta))
+  return kinds
+
+
+def test_faceless_and_low_score_are_counted_then_skipped_or_kept(tmp_path):
+  kinds = _marker_data(tmp_path / 'data')
+  options = _options(val_fraction=0.0, min_score=0.5, cache_dir=str(tmp_path / 'cache'))
+  report = builder.prepare(tmp_path / 'data', tmp_path / 'skip', options, aligner=MarkerAligner())
+  expected = collections.Counter(kinds.values())
+  assert {k: report['counts'][k] for k in expected} == dict(expected) == {'aligned': 10, 'faceless': 1,
+                                                                         'low_score': 1}
+  assert report['counts']['skipped'] == 2 and report['splits'] == {'train': 10}
+  assert [pathlib.Path(p).name for p in report['faceless']] == ['0.jpg']
+  assert report['low_score'][0]['score'] == pytest.approx(0.2)
+  sources = {e['source'].decode() for e in _read(tmp_path / 'skip', 'train')}
+  assert 'train/images/00000003/2.jpg' in sources and 'train/images/00000003/0.jpg' not in sources
+
+  # Kept on request; the cache (shared here) already holds every face, so nothing is aligned again.
+  kept = builder.prepare(tmp_path / 'data', tmp_path / 'keep', dataclasses.replace(options, keep_faceless=True),
+                         aligner=MarkerAligner())
+  assert kept['splits'] == {'train': 12} and kept['counts']['skipped'] == 0
+  assert (kept['aligned_now'], kept['from_cache']) == (0, 12)
+  scores = {e['source'].decode(): float(e['face_score']) for e in _read(tmp_path / 'keep', 'train')}
+  assert scores['train/images/00000003/0.jpg'] == 0.0
+  assert scores['train/images/00000003/1.jpg'] == pytest.approx(0.2)
+
