@@ -46,8 +46,7 @@ class _PReLU(torch.nn.Module):
     self.alpha = torch.nn.Parameter(torch.from_numpy(alpha.reshape(-1).copy()), requires_grad=False)
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    return torch.where(x >= 0, x, x * self.alpha.view(shape))
+    return F.prelu(x, self.alpha)
 
 
 def _conv(kernel: np.ndarray, bias: np.ndarray) -> torch.nn.Conv2d:
