@@ -20,7 +20,7 @@ import os
 import pathlib
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 PathLike = str | os.PathLike
 
@@ -140,6 +140,9 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
       img.load()  # decode fully now, so a truncated file fails here and not later
       img = ImageOps.exif_transpose(img)
       rgb = _image_to_rgb(img)
+  except UnidentifiedImageError:
+    raise ImageReadError(f'{name}: cannot decode image, not a format Pillow recognises ({len(data)} bytes starting '
+                         f'{data[:8]!r}) (replace it with a JPEG or PNG)') from None
   except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
     raise ImageReadError(f'{name}: cannot decode image, truncated or corrupt ({_one_line(error)}) '
                          '(re-copy the file or remove it and its meta.json entry)') from None

@@ -70,34 +70,35 @@ def _reject_duplicate_keys(pairs):
   return dict(pairs)
 
 
-def _check_meta(data_dir: pathlib.Path, report: Report) -> dict[str, int] | None:
-  """Reads meta.json, recording every problem; None when it is missing or unusable."""
+def _check_meta(data_dir: pathlib.Path, report: Report) -> tuple[dict[str, int], set[str]] | None:
+  """Reads meta.json, recording every problem; returns (valid entries, every key), or None if it is unusable."""
   path = challenge.meta_path(data_dir)
   if not path.is_file():
     report.problems.append(f'{path}: missing (train/ needs meta.json mapping "<person>/<k>.jpg" to 0 or 1)')
     return None
   try:
     text = path.read_text(encoding='utf-8')
-    json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    keys = set(json.loads(text, object_pairs_hook=_reject_duplicate_keys))
   except (OSError, UnicodeDecodeError) as error:
     report.problems.append(f'{path}: cannot read ({type(error).__name__}: {error}) (check the file)')
     return None
   except ValueError as error:
     if not isinstance(error, json.JSONDecodeError):  # a duplicate key; the JSON itself parses
       report.problems.append(f'{path}: {error} (keep one entry per photo)')
+    keys = None
   try:
     meta, problems = challenge.parse_meta(text, str(path))
   except challenge.DataFormatError as error:
     report.problems.append(str(error))
     return None
   report.problems.extend(problems)
-  return meta
+  return meta, set(json.loads(text)) if keys is None else keys
 
 
 def _check_train(data_dir: pathlib.Path, report: Report) -> list[pathlib.Path]:
   """Checks train/ against meta.json; returns the image files to decode."""
   images_dir = challenge.train_images_dir(data_dir)
-  meta = _check_meta(data_dir, report)
+  meta_and_keys = _check_meta(data_dir, report)
   if not images_dir.is_dir():
     report.problems.append(f'{images_dir}: missing (train/ needs images/<person>/<k>.jpg)')
     return []
@@ -119,10 +120,11 @@ def _check_train(data_dir: pathlib.Path, report: Report) -> list[pathlib.Path]:
       else:
         on_disk.add(f'{person_dir.name}/{entry.name}')
   report.people = people
-  if meta is not None:
-    for key in sorted(set(meta) - on_disk):
+  if meta_and_keys is not None:
+    meta, keys = meta_and_keys
+    for key in sorted(keys - on_disk):
       report.problems.append(f'{images_dir / key}: named in meta.json but missing (restore it or drop the key)')
-    for key in sorted(on_disk - set(meta)):
+    for key in sorted(on_disk - keys):
       report.problems.append(f'{images_dir / key}: file without a meta.json key (add the key with 0 or 1, or remove '
                              'the file)')
     present = [key for key in meta if key in on_disk]
