@@ -1,0 +1,680 @@
+"""Trains the two-head face model: `python -m jaxface.train --config configs/NAME.py --workdir DIR`.
+
+With no flags it trains `configs/default.py` on synthetic challenge data (generated and aligned on first use into a
+cache folder) with a CPU-sized model and prints the validation EERs.
+
+Flow of one run, top to bottom in `train_and_evaluate`:
+  data     the TFDS dataset written by scripts/preprocess.py (or the synthetic one) -> jaxface.data.pipeline batches
+           shaped (devices, per_device, S, S, 3);
+  state    parameters (FaceModel + AdaFace class head), optimiser, BatchNorm and AdaFace EMA statistics, RNG, step;
+           restored from `WORKDIR/checkpoints` when there is one (the data resumes at the same step);
+  step     `jax.pmap`-ed over local devices: losses and gradients averaged with `pmean`, BatchNorm statistics synchronised
+           through the `batch` axis, a non-finite loss skips the update;
+  eval     every epoch: identity-only and fused EER on the validation pairs; the best model by fused EER is kept in
+           `WORKDIR/best` with its calibrated fuse strength and threshold.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import pathlib
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxface import checkpoints
+from jaxface import convert
+from jaxface import losses
+from jaxface import metrics as metrics_lib
+from jaxface import scoring
+from jaxface.models.face_model import build_model
+from jaxface.models.heads import AdaFaceHead
+
+log = logging.getLogger('jaxface.train')
+
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
+
+
+class ConfigError(ValueError):
+  """A config file or override the user got wrong; the message is one line."""
+
+
+class TrainingDiverged(RuntimeError):
+  """Too many non-finite losses in a row."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Configs.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | pathlib.Path, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+  """Loads a config file (a Python file whose `get_config()` returns a ConfigDict) and applies `--config.a.b=v`."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise ConfigError(f'{path}: config file not found')
+  # Variant configs import their base as `from configs import default`: the folder above configs/ must be importable.
+  root = str(path.resolve().parent.parent)
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  spec = importlib.util.spec_from_file_location(f'jaxface_config_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'{path}: a config file must define get_config() returning an ml_collections.ConfigDict')
+  config = module.get_config()
+  for override in overrides:
+    apply_override(config, override, path)
+  return config
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str, source: pathlib.Path | str = 'config') -> None:
+  """Sets one `--config.a.b=value` (or `a.b=value`) on `config`, typed like the field it replaces."""
+  text = override[2:] if override.startswith('--') else override
+  if text.startswith('config.'):
+    text = text[len('config.'):]
+  if '=' not in text:
+    raise ConfigError(f'{override}: overrides look like --config.field=value')
+  name, raw = text.split('=', 1)
+  *parents, leaf = name.split('.')
+  node = config
+  for part in parents:
+    if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+      raise ConfigError(f'--config.{name}: {source} has no config field {name!r}')
+    node = node[part]
+  if leaf not in node:
+    raise ConfigError(f'--config.{name}: {source} has no config field {name!r}')
+  node[leaf] = _parse_value(raw, node[leaf], name)
+
+
+def _parse_value(raw: str, current: Any, name: str) -> Any:
+  if isinstance(current, bool):
+    if raw.lower() in ('true', '1', 'yes'):
+      return True
+    if raw.lower() in ('false', '0', 'no'):
+      return False
+    raise ConfigError(f'--config.{name}={raw}: expected true or false')
+  if isinstance(current, str):
+    return raw
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return raw
+    raise ConfigError(f'--config.{name}={raw}: expected a {type(current).__name__}') from None
+  if isinstance(current, float) and isinstance(value, int):
+    value = float(value)
+  if current is not None and not isinstance(value, type(current)):
+    raise ConfigError(f'--config.{name}={raw}: expected a {type(current).__name__}')
+  return value
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def cache_root() -> pathlib.Path:
+  return pathlib.Path(os.environ.get('JAXFACE_CACHE', pathlib.Path.home() / '.cache' / 'jaxface'))
+
+
+def prepare_synthetic(config: ml_collections.ConfigDict) -> str:
+  """Generates and aligns (with 'none') the synthetic dataset the config describes, once; returns its TFDS dir."""
+  from jaxface.data import builder as builder_lib  # pylint: disable=g-import-not-at-top
+  from jaxface.data import synthetic  # pylint: disable=g-import-not-at-top
+
+  settings = config.data.synthetic.to_dict()
+  settings.update(val_fraction=config.data.val_fraction, val_pairs_per_person=config.data.val_pairs_per_person)
+  key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+  root = cache_root() / f'synthetic-{key}'
+  raw_dir, tfds_dir = root / 'raw', root / 'tfds'
+  done = root / 'READY'
+  if not done.exists():
+    log.info('Generating synthetic challenge data into %s (first use; later runs reuse it)', root)
+    synthetic.generate(raw_dir, overwrite=True, **config.data.synthetic.to_dict())
+    options = builder_lib.BuildOptions(aligner='none', val_fraction=config.data.val_fraction,
+                                       pairs_per_person=config.data.val_pairs_per_person, progress=False)
+    builder_lib.prepare(raw_dir, tfds_dir, options, overwrite=True)
+    done.write_text(json.dumps(settings))
+  else:
+    log.info('Using cached synthetic data in %s', root)
+  return str(tfds_dir)
+
+
+def load_builder(config: ml_collections.ConfigDict):
+  """The TFDS builder of the run's data (generating the synthetic set when the config asks for it)."""
+  from jaxface.data import builder as builder_lib  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  if config.data.source == 'synthetic':
+    tfds_dir = prepare_synthetic(config)
+  elif config.data.source == 'tfds':
+    tfds_dir = config.data.tfds_dir
+    if not tfds_dir:
+      raise ConfigError('config.data.tfds_dir is empty: pass --config.data.tfds_dir=DIR (the --out of '
+                        'scripts/preprocess.py)')
+  else:
+    raise ConfigError(f'config.data.source={config.data.source!r}: expected synthetic or tfds')
+  builder = tfds.builder(builder_lib.JaxfaceFaces.name, data_dir=tfds_dir)
+  if not builder.is_prepared():
+    raise ConfigError(f'{tfds_dir}: no prepared jaxface_faces dataset here (run scripts/preprocess.py --data-dir '
+                      f'CHALLENGE_DIR --out {tfds_dir} first)')
+  config.data.tfds_dir = tfds_dir
+  return builder
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# State and optimiser.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _leaf_name(path) -> str:
+  last = path[-1]
+  return str(getattr(last, 'key', getattr(last, 'name', last)))
+
+
+def decay_mask(params: Any) -> Any:
+  """True for the weights that take weight decay: conv and dense kernels and the class weights, not BatchNorm scale or
+  bias, biases or PReLU slopes (decaying those pulls activations towards linear and BN towards zero)."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: _leaf_name(path) in ('kernel', 'weight'), params)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int) -> Callable:
+  """Warm-up then cosine decay or steps at `config.optim.decay_epochs`, in optimiser steps."""
+  o = config.optim
+  warmup = int(o.warmup_epochs * steps_per_epoch)
+  if o.schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        0.0, o.learning_rate, max(warmup, 1), max(total_steps, warmup + 1), end_value=o.learning_rate * o.final_lr_ratio)
+  if o.schedule == 'step':
+    boundaries = {int(e * steps_per_epoch): o.step_factor for e in o.decay_epochs}
+    decay = optax.piecewise_constant_schedule(o.learning_rate, boundaries)
+    ramp = optax.linear_schedule(0.0, o.learning_rate, max(warmup, 1))
+    return optax.join_schedules([ramp, decay], [warmup])
+  if o.schedule == 'constant':
+    return optax.join_schedules([optax.linear_schedule(0.0, o.learning_rate, max(warmup, 1)),
+                                 optax.constant_schedule(o.learning_rate)], [warmup])
+  raise ConfigError(f'config.optim.schedule={o.schedule!r}: expected cosine, step or constant')
+
+
+def make_optimizer(config: ml_collections.ConfigDict, lr_fn: Callable) -> optax.GradientTransformation:
+  """SGD-momentum or AdamW with decoupled, masked weight decay and gradient clipping.
+
+  With `config.optim.backbone_lr_mult` < 1 the pretrained backbone moves slower than the freshly initialised heads.
+  """
+  o = config.optim
+
+  def one(scale: float) -> optax.GradientTransformation:
+    lr = lambda step: lr_fn(step) * scale
+    if o.name == 'sgd':
+      return optax.chain(optax.add_decayed_weights(o.weight_decay, decay_mask),
+                         optax.sgd(lr, momentum=o.momentum, nesterov=o.nesterov))
+    if o.name == 'adamw':
+      return optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
+    raise ConfigError(f'config.optim.name={o.name!r}: expected sgd or adamw')
+
+  def labels(params):
+    def label(path, _):
+      keys = [str(getattr(k, 'key', k)) for k in path]
+      return 'backbone' if keys[:2] == ['model', 'backbone'] else 'rest'
+    return jax.tree_util.tree_map_with_path(label, params)
+
+  tx = optax.multi_transform({'backbone': one(o.backbone_lr_mult), 'rest': one(1.0)}, labels)
+  if o.grad_clip:
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+  return tx
+
+
+def init_variables(model, head, config: ml_collections.ConfigDict, rng: jax.Array) -> tuple[dict, dict]:
+  """Initial (params, batch_stats) of FaceModel + AdaFaceHead."""
+  size = config.model.input_size
+  images = jnp.zeros((2, size, size, 3), jnp.float32)
+  model_rng, head_rng = jax.random.split(rng)
+  variables = model.init({'params': model_rng, 'dropout': model_rng}, images, train=False)
+  head_vars = head.init(head_rng, jnp.zeros((2, config.model.embedding_dim), jnp.float32))
+  params = {'model': variables['params'], 'head': head_vars['params']}
+  return params, variables.get('batch_stats', {})
+
+
+def create_train_state(model, head, tx, config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
+  """The whole training state as one pytree (what checkpoints hold)."""
+  init_rng, state_rng = jax.random.split(rng)
+  params, batch_stats = init_variables(model, head, config, init_rng)
+  return {
+      'step': jnp.zeros((), jnp.int32),
+      'params': params,
+      'batch_stats': batch_stats,
+      'opt_state': tx.init(params),
+      'adaface': losses.init_adaface_state(),
+      'rng': state_rng,
+      'nonfinite_streak': jnp.zeros((), jnp.int32),
+  }
+
+
+def graft_pretrained(state: dict, config: ml_collections.ConfigDict) -> dict:
+  """Replaces the backbone's variables by a converted checkpoint (`python -m jaxface.convert`)."""
+  variables = {'params': state['params']['model'], 'batch_stats': state['batch_stats']}
+  grafted = convert.graft_backbone(variables, convert.load_converted(config.init_from))
+  return {**state, 'params': {**state['params'], 'model': grafted['params']}, 'batch_stats': grafted['batch_stats']}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The step.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def train_step(state: dict, batch: dict, *, model, head, tx, config: ml_collections.ConfigDict,
+               lr_fn: Callable, axis_name: str | None = 'batch') -> tuple[dict, dict]:
+  """One optimisation step on one device's share of the batch (run under `jax.pmap(axis_name='batch')`).
+
+  batch: 'image' (B, S, S, 3) float32 in [-1, 1], 'label' (B,) int32, 'is_fake' (B,) int32, 'id_mask' (B,) float32.
+  """
+  l = config.loss
+  rng = jax.random.fold_in(state['rng'], state['step'])
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  images = batch['image'].astype(jnp.float32)
+  is_fake = batch['is_fake']
+
+  def loss_fn(params):
+    outputs, new_model_state = model.apply(
+        {'params': params['model'], 'batch_stats': state['batch_stats']}, images, train=True,
+        mutable=['batch_stats'], rngs={'dropout': rng})
+    embedding = outputs['embedding'].astype(jnp.float32)
+    cosine = head.apply({'params': params['head']}, embedding)
+    norms = jnp.linalg.norm(embedding, axis=-1)
+    terms = {}
+    if l.identity_weight:
+      terms['identity'], new_ema, logits = losses.adaface_loss(
+          cosine, norms, batch['label'], state['adaface'], m=l.m, h=l.h, s=l.s, t_alpha=l.t_alpha,
+          mask=batch['id_mask'], axis_name=axis_name)
+    else:
+      new_ema, logits = state['adaface'], cosine
+    if l.fake_weight and config.model.fake_head != 'none':
+      terms['fake'] = losses.fake_bce(outputs['fake_logit'].astype(jnp.float32), is_fake,
+                                      fake_pos_weight(is_fake, l.fake_pos_weight, axis_name), axis_name=axis_name)
+    if l.pushaway_weight:
+      terms['pushaway'] = losses.fake_pushaway_loss(
+          embedding, head_class_weights(params['head']), batch['label'], is_fake, l.pushaway_margin,
+          axis_name=axis_name)
+    if l.pair_weight:
+      terms['pair'] = in_batch_pair_loss(embedding, batch['label'], is_fake, s=l.pair_s, m0=l.pair_m0,
+                                         m1=l.pair_m1, axis_name=axis_name)
+    weights = {'identity': l.identity_weight, 'fake': l.fake_weight, 'pushaway': l.pushaway_weight,
+               'pair': l.pair_weight}
+    total = sum(weights[k] * v for k, v in terms.items())
+    aux = {'terms': terms, 'batch_stats': new_model_state['batch_stats'], 'adaface': new_ema,
+           'logits': logits, 'fake_logit': outputs['fake_logit']}
+    return total, aux
+
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+  if axis_name is not None:
+    # Each device's loss is already a global mean (losses psum their sums and counts), so averaging the gradients
+    # makes the update equal to one device's on the whole batch.
+    grads = jax.lax.pmean(grads, axis_name)
+    loss = jax.lax.pmean(loss, axis_name)
+  finite = jnp.isfinite(loss) & jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  updates, new_opt_state = tx.update(grads, state['opt_state'], state['params'])
+  new_params = optax.apply_updates(state['params'], updates)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = {
+      'step': state['step'] + 1,
+      'params': keep(new_params, state['params']),
+      'batch_stats': keep(aux['batch_stats'], state['batch_stats']),
+      'opt_state': keep(new_opt_state, state['opt_state']),
+      'adaface': keep(aux['adaface'], state['adaface']),
+      'rng': state['rng'],
+      'nonfinite_streak': jnp.where(finite, 0, state['nonfinite_streak'] + 1),
+  }
+  fake_pred = (aux['fake_logit'] > 0).astype(jnp.int32)
+  summary = {
+      'loss': loss,
+      'learning_rate': lr_fn(state['step']),
+      'fake_accuracy': jnp.mean((fake_pred == is_fake).astype(jnp.float32)),
+      'nonfinite': 1.0 - finite.astype(jnp.float32),
+      **{f'loss_{k}': v for k, v in aux['terms'].items()},
+  }
+  if axis_name is not None:
+    summary = jax.lax.pmean(summary, axis_name)
+  return new_state, summary
+
+
+def fake_pos_weight(is_fake: jax.Array, configured: float, axis_name: str | None) -> jax.Array:
+  """The fake-term weight of the BCE: `configured` when > 0, else n_real / n_fake of the global batch (so fakes and
+  real photos weigh the same in total, whatever the batch's fake share)."""
+  if configured > 0:
+    return jnp.asarray(configured, jnp.float32)
+  counts = jnp.stack([jnp.sum(is_fake == 0), jnp.sum(is_fake == 1)]).astype(jnp.float32)
+  if axis_name is not None:
+    counts = jax.lax.psum(counts, axis_name)
+  return counts[0] / jnp.maximum(counts[1], 1.0)
+
+
+def in_batch_pair_loss(embedding: jax.Array, labels: jax.Array, is_fake: jax.Array, *, s: float, m0: float,
+                       m1: float, axis_name: str | None) -> jax.Array:
+  """The reference write-up's adaptive-margin pair loss over every pair of photos in the global batch.
+
+  A pair is positive (1) only for two real photos of one person; a fake next to a real photo of its own person is a
+  negative, exactly as the challenge labels it. Each device scores its photos against the whole (gathered) batch, and
+  the result is scaled so that the pmean over devices is the mean over all pairs.
+  """
+  emb = embedding / jnp.maximum(jnp.linalg.norm(embedding, axis=-1, keepdims=True), 1e-5)
+  if axis_name is not None:
+    all_emb = jax.lax.all_gather(emb, axis_name, tiled=True)
+    all_labels = jax.lax.all_gather(labels, axis_name, tiled=True)
+    all_fake = jax.lax.all_gather(is_fake, axis_name, tiled=True)
+    offset = jax.lax.axis_index(axis_name) * emb.shape[0]
+  else:
+    all_emb, all_labels, all_fake, offset = emb, labels, is_fake, 0
+  cos = emb @ all_emb.T
+  same = (labels[:, None] == all_labels[None, :]) & (is_fake[:, None] == 0) & (all_fake[None, :] == 0)
+  rows = jnp.arange(emb.shape[0])[:, None] + offset
+  not_self = rows != jnp.arange(all_emb.shape[0])[None, :]
+  pair_label = jnp.where(not_self, same.astype(jnp.int32), -1)
+  local = losses.pair_adaptive_margin_loss(cos.reshape(-1), pair_label.reshape(-1), s=s, m0=m0, m1=m1)
+  # Every device holds the same number of labelled pairs, so the pmean of the local means is the global mean.
+  return local
+
+
+def head_class_weights(head_params: dict) -> jax.Array:
+  """The AdaFace class weight matrix (D, C) inside the head's parameters."""
+  leaves = [x for x in jax.tree.leaves(head_params) if x.ndim == 2]
+  if len(leaves) != 1:
+    raise ValueError('the AdaFace head should hold exactly one (D, C) weight matrix')
+  return leaves[0]
+
+
+def make_embed_fn(model) -> Callable:
+  """jit-compiled (variables, images (B, S, S, 3) float32) -> (embedding (B, D), fake probability (B,))."""
+
+  @jax.jit
+  def embed(variables, images):
+    outputs = model.apply(variables, images, train=False)
+    return outputs['embedding'].astype(jnp.float32), jax.nn.sigmoid(outputs['fake_logit'].astype(jnp.float32))
+
+  return embed
+
+
+def evaluate_pairs(embed_fn: Callable, variables: dict, pairs) -> dict:
+  """Identity-only and fused EER on labelled pairs; calibrates the fuse strength and the threshold on them.
+
+  `pairs` yields dicts with 'image0', 'image1' (B, S, S, 3) float32, 'label' (B,), 'kind' (B,).
+  """
+  cos, p0, p1, labels, kinds = [], [], [], [], []
+  for batch in pairs:
+    e0, f0 = embed_fn(variables, batch['image0'])
+    e1, f1 = embed_fn(variables, batch['image1'])
+    cos.append(np.asarray(scoring.cosine_similarity(np.asarray(e0), np.asarray(e1))))
+    p0.append(np.asarray(f0))
+    p1.append(np.asarray(f1))
+    labels.append(np.asarray(batch['label']))
+    kinds.extend(str(k.decode() if isinstance(k, bytes) else k) for k in batch['kind'])
+  cos, p0, p1, labels = map(np.concatenate, (cos, p0, p1, labels))
+  known = labels >= 0
+  cos, p0, p1, labels = cos[known], p0[known], p1[known], labels[known]
+  strength, fused_eer = scoring.calibrate_strength(cos, p0, p1, labels)
+  fused = scoring.fused_score_np(cos, p0, p1, strength)
+  return {
+      'eer_identity': float(metrics_lib.challenge_eer(labels, cos)),
+      'eer_fused': float(fused_eer),
+      'fuse_strength': float(strength),
+      'threshold': float(metrics_lib.eer_threshold(labels, fused)),
+      'pairs': int(labels.size),
+  }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps, so it can save before exiting."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading_is_main():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def threading_is_main() -> bool:
+  import threading  # pylint: disable=g-import-not-at-top
+  return threading.current_thread() is threading.main_thread()
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """Joins a multi-host job when the config or the environment (a coordinator address) asks for it."""
+  if config.get('distributed') or os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    jax.distributed.initialize()
+
+
+def _unreplicate(tree):
+  return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+
+
+class _MetricWriter:
+  """Metrics to `metrics.jsonl` and TensorBoard event files in the workdir (process 0 only)."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.enabled = jax.process_index() == 0
+    self._jsonl = open(workdir / 'metrics.jsonl', 'a') if self.enabled else None
+    self._tb = None
+    if self.enabled:
+      try:
+        from flax.metrics import tensorboard  # pylint: disable=g-import-not-at-top
+        self._tb = tensorboard.SummaryWriter(str(workdir / 'tensorboard'))
+      except ImportError:  # TensorBoard is optional for the JSON-lines log.
+        self._tb = None
+
+  def write(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.scalar(k, v, step)
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._jsonl:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+  """Trains (or resumes) a run in `workdir`; returns the final validation metrics."""
+  from jaxface.data import builder as builder_lib  # pylint: disable=g-import-not-at-top
+  from jaxface.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  maybe_initialize_distributed(config)
+
+  # ---------------------------------------------------------------------------------------------------- data
+  builder = load_builder(config)
+  num_classes = builder_lib.num_classes(builder)
+  num_devices = jax.local_device_count()
+  global_batch = config.batch_size
+  if global_batch % (num_devices * jax.process_count()):
+    raise ConfigError(f'config.batch_size={global_batch} does not divide over {num_devices * jax.process_count()} '
+                      'devices')
+  train_examples = builder.info.splits['train'].num_examples
+  steps_per_epoch = max(train_examples // global_batch, 1)
+  total_steps = config.num_steps or int(config.num_epochs * steps_per_epoch)
+  eval_every = config.eval_every or steps_per_epoch
+  log.info('%d training photos of %d people; %d steps of %d (%d per epoch) on %d device(s)',
+           train_examples, num_classes, total_steps, global_batch, steps_per_epoch, num_devices)
+
+  # --------------------------------------------------------------------------------------------------- state
+  model = build_model(config.model)
+  head = AdaFaceHead(num_classes=num_classes)
+  lr_fn = learning_rate_schedule(config, steps_per_epoch, total_steps)
+  tx = make_optimizer(config, lr_fn)
+  state = create_train_state(model, head, tx, config, jax.random.PRNGKey(config.seed))
+  manager = checkpoints.train_manager(workdir, save_every=config.checkpoint_every, keep=config.keep_checkpoints)
+  best = checkpoints.best_manager(workdir)
+  best_meta = {}
+  if best.latest_step() is not None:
+    best_meta = best.restore(best.latest_step(), args=_meta_only()).meta or {}
+  if manager.latest_step() is not None:
+    state, _, start = checkpoints.restore(manager, _abstract_state(state))
+    log.info('Resuming from %s at step %d', manager.directory, start)
+  else:
+    if config.init_from:
+      state = graft_pretrained(state, config)
+      log.info('Backbone initialised from %s', config.init_from)
+    checkpoints.save_config(workdir, config)
+  start = int(state['step'])
+
+  p_train_step = jax.pmap(
+      functools.partial(train_step, model=model, head=head, tx=tx, config=config, lr_fn=lr_fn),
+      axis_name='batch', donate_argnums=(0,))
+  embed_fn = make_embed_fn(model)
+  rstate = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (num_devices,) + np.shape(x)), state)
+  batches = pipeline.train_dataset(builder, config, num_devices=num_devices, start_step=start, seed=config.seed)
+  writer = _MetricWriter(workdir)
+  val_metrics: dict = dict(best_meta.get('val', {}))
+
+  def validate(step: int, variables: dict) -> dict:
+    pairs = pipeline.pairs_dataset(builder, 'val', config, config.eval_batch_size)
+    result = evaluate_pairs(embed_fn, variables, pairs)
+    writer.write(step, {f'val_{k}': v for k, v in result.items()})
+    log.info('step %d: validation EER identity-only %.4f, fused %.4f (strength %.2f) on %d pairs', step,
+             result['eer_identity'], result['eer_fused'], result['fuse_strength'], result['pairs'])
+    if result['eer_fused'] <= best_meta.get('val', {}).get('eer_fused', np.inf):
+      best_meta.clear()
+      best_meta.update({'step': step, 'val': result,
+                        'scoring': {'fuse_strength': result['fuse_strength'], 'threshold': result['threshold']}})
+      checkpoints.save(best, step, variables, best_meta, force=True)
+    return result
+
+  # ---------------------------------------------------------------------------------------------------- loop
+  progress = _progress(total_steps, start, config)
+  summaries, t0, seen = [], time.time(), 0
+  step = start
+  try:
+    with _Preemption() as preemption:
+      while step < total_steps:
+        batch = next(batches)
+        rstate, summary = p_train_step(rstate, batch)
+        summaries.append(summary)
+        step += 1
+        seen += global_batch
+        if step % config.log_every == 0 or step == total_steps:
+          host = jax.tree.map(lambda x: np.asarray(x[0]), jax.device_get(summaries))
+          scalars = {k: float(np.mean([s[k] for s in host])) for k in host[0]}
+          skipped = int(sum(s['nonfinite'] for s in host))
+          if skipped:
+            log.warning('steps %d-%d: %d non-finite loss(es); those updates were skipped', step - len(host) + 1,
+                        step, skipped)
+          streak = int(np.asarray(rstate['nonfinite_streak'])[0])
+          if streak >= config.max_nonfinite_steps:
+            raise TrainingDiverged(
+                f'training diverged: {streak} non-finite losses in a row at step {step}; the last good checkpoint in '
+                f'{manager.directory} is intact (lower config.optim.learning_rate or check the data)')
+          rate = seen / max(time.time() - t0, 1e-9)
+          scalars['images_per_second'] = rate
+          writer.write(step, scalars)
+          progress.set_postfix(loss=f'{scalars["loss"]:.3f}', img_s=f'{rate:.1f}')
+          progress.update(len(host))
+          summaries, t0, seen = [], time.time(), 0
+        if step % eval_every == 0 or step == total_steps:
+          val_metrics = validate(step, checkpoints.inference_variables(_unreplicate(rstate)))
+        checkpoints.save(manager, step, _unreplicate(rstate), {'step': step, 'scoring': best_meta.get('scoring', {})},
+                         force=step == total_steps)
+        if preemption.requested:
+          checkpoints.save(manager, step, _unreplicate(rstate), {'step': step}, force=True)
+          manager.wait_until_finished()
+          log.warning('SIGTERM: saved the checkpoint at step %d in %s; rerun the same command to resume', step,
+                      manager.directory)
+          raise SystemExit(143)
+  finally:
+    progress.close()
+    manager.wait_until_finished()
+    manager.close()
+    best.close()
+    writer.close()
+  if not val_metrics:
+    val_metrics = validate(step, checkpoints.inference_variables(_unreplicate(rstate)))
+  return {'step': step, **val_metrics}
+
+
+def _meta_only():
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return ocp.args.Composite(meta=ocp.args.JsonRestore())
+
+
+def _abstract_state(state: dict):
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding), state)
+
+
+def _progress(total: int, start: int, config: ml_collections.ConfigDict):
+  from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=total, initial=start, desc='train', unit='step', dynamic_ncols=True,
+                   disable=not config.get('progress', True) or jax.process_index() != 0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+  import argparse  # pylint: disable=g-import-not-at-top
+
+  parser = argparse.ArgumentParser(
+      prog='python -m jaxface.train', description=__doc__.split('\n\n')[0],
+      epilog='Any config field can be overridden with --config.FIELD=VALUE, e.g. --config.batch_size=64.')
+  parser.add_argument('--config', default=str(DEFAULT_CONFIG), help='config file (default: configs/default.py)')
+  parser.add_argument('--workdir', default=None, help='where checkpoints and metrics go (default: ./workdir/<config>)')
+  args, rest = parser.parse_known_args(argv)
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S')
+  for noisy in ('absl', 'tensorflow', 'jax._src.xla_bridge', 'orbax'):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  try:
+    overrides = [r for r in rest if r.startswith('--config.')]
+    unknown = [r for r in rest if not r.startswith('--config.')]
+    if unknown:
+      raise ConfigError(f'unknown argument {unknown[0]!r} (see python -m jaxface.train --help)')
+    config = load_config(args.config, overrides)
+    workdir = args.workdir or str(pathlib.Path('workdir') / pathlib.Path(args.config).stem)
+    log.info('config %s, workdir %s', args.config, workdir)
+    result = train_and_evaluate(config, workdir)
+  except (ConfigError, checkpoints.CheckpointError, convert.ConversionError, TrainingDiverged) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(f'validation EER (identity-only cosine): {result.get("eer_identity", float("nan")):.4f}')
+  print(f'validation EER (fused with the fake head): {result.get("eer_fused", float("nan")):.4f}')
+  print(f'best checkpoint: {pathlib.Path(workdir) / checkpoints.BEST_DIR}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
