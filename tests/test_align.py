@@ -131,11 +131,9 @@ def test_dfa_loads_both_formats_strictly_and_aligns(dfa_snapshot, tmp_path):
   assert all(torch.equal(pt_state[k], st_state[k]) for k in st_state)
 
 
-def test_dfa_maps_network_landmarks_back_to_photo_pixels(dfa_snapshot, monkeypatch):
+def test_dfa_maps_network_landmarks_back_to_photo_pixels(tmp_path, monkeypatch):
   # A (100, 300) photo is padded to a 300 square with 100 rows above: the square's centre is photo pixel (150, 50).
-  arch, folder = dfa_snapshot
-  if arch != 'mobile0.25':
-    pytest.skip('geometry does not depend on the backbone')
+  folder = _write_snapshot(tmp_path / 'snap', 'mobile0.25')
   aligner = base.make_aligner('dfa', str(folder), device='cpu')
   seen = {}
 
@@ -155,6 +153,10 @@ def test_dfa_maps_network_landmarks_back_to_photo_pixels(dfa_snapshot, monkeypat
   np.testing.assert_allclose(landmarks[0], (template.ARCFACE_TEMPLATE / 112 * 0.4 + 0.3) * 300 - [0, 100], atol=1e-3)
   result = aligner.align([np.zeros((100, 300, 3), np.uint8)])
   assert result.found[0] and np.abs(result.crop_landmarks[0] - template.ARCFACE_TEMPLATE).max() < 1e-3
+  # A photo larger than max_input_side is reduced before the network; landmarks still come back in its pixels.
+  aligner.max_input_side = 150
+  np.testing.assert_allclose(aligner.predict([np.zeros((100, 300, 3), np.uint8)])[0], landmarks, atol=1e-3)
+  assert seen['shape'] == (1, 3, 160, 160)
 
 
 @pytest.mark.parametrize('change', ['missing', 'extra', 'shape'])

@@ -147,6 +147,9 @@ class NoneAligner(Aligner):
   def __init__(self, batch_size: int = 32):
     self.batch_size = batch_size
 
+  def settings(self) -> dict[str, Any]:
+    return {'name': self.name, 'crop': 'central square', 'resample': 'bicubic antialiased', 'size': 112}
+
   def _align_batch(self, photos: list[np.ndarray]) -> AlignResult:
     faces, photo_points, crop_points = zip(*(fallback_face(p) for p in photos))
     n = len(photos)

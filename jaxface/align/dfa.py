@@ -384,26 +384,27 @@ class DFAAligner(base.Aligner):
             'min_score': self.min_score, 'max_input_side': self.max_input_side}
 
   def _network_input(self, photo: np.ndarray) -> tuple[torch.Tensor, float, float, float]:
-    """(3, S, S) RGB in [-1, 1] as the DFA preprocessor makes it, and the padded square's side and offsets in pixels."""
+    """The photo as the DFA preprocessor makes it: (3, S, S) RGB in [-1, 1], padded to a square with -1 (plus the
+    snapshot's padding ratio), bilinear-resized with align_corners=True. Also returns the padded square's side and
+    the photo's offset inside it, in photo pixels."""
     h, w = photo.shape[:2]
     side = max(h, w)
-    pad_x, pad_y = (side - w) // 2, (side - h) // 2
     extra = int(side * self.conf['input_padding_ratio'])
-    small = photo
-    if side > self.max_input_side:
-      factor = self.max_input_side / side
-      small = np.asarray(Image.fromarray(photo).resize((max(1, round(w * factor)), max(1, round(h * factor))),
+    left, top = (side - w) // 2 + extra, (side - h) // 2 + extra
+    full = side + 2 * extra
+    # Huge photos are reduced (antialiased) first: the bilinear resize below would alias and needs the whole photo.
+    factor = min(1.0, self.max_input_side / side)
+    if factor < 1.0:
+      photo = np.asarray(Image.fromarray(photo).resize((max(1, round(w * factor)), max(1, round(h * factor))),
                                                        Image.Resampling.BICUBIC, reducing_gap=3.0))
-    sh, sw = small.shape[:2]
-    s_side = max(sh, sw)
-    s_extra = int(round(extra * s_side / side))
-    x = torch.from_numpy(np.ascontiguousarray(small)).to(self.device).permute(2, 0, 1).float() / 127.5 - 1.0
-    left, top = (s_side - sw) // 2 + s_extra, (s_side - sh) // 2 + s_extra
-    x = F.pad(x, (left, s_side - sw - (s_side - sw) // 2 + s_extra, top, s_side - sh - (s_side - sh) // 2 + s_extra),
-              value=-1.0)
+    x = torch.from_numpy(np.array(photo, copy=True)).to(self.device).permute(2, 0, 1).float() / 127.5 - 1.0
+    sh, sw = x.shape[1:]
+    pad_l, pad_t = round(left * factor), round(top * factor)
+    square = max(round(full * factor), sh + pad_t, sw + pad_l)
+    x = F.pad(x, (pad_l, square - sw - pad_l, pad_t, square - sh - pad_t), value=-1.0)
     size = self.conf['input_size']
     x = F.interpolate(x[None], size=(size, size), mode='bilinear', align_corners=True)[0]
-    return x, float(side + 2 * extra), float(pad_x + extra), float(pad_y + extra)
+    return x, float(full), float(left), float(top)
 
   @torch.no_grad()
   def predict(self, photos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
