@@ -167,8 +167,9 @@ def load_builder(config: ml_collections.ConfigDict):
                         'scripts/preprocess.py)')
   else:
     raise ConfigError(f'config.data.source={config.data.source!r}: expected synthetic or tfds')
-  builder = tfds.builder(builder_lib.JaxfaceFaces.name, data_dir=tfds_dir)
-  if not builder.is_prepared():
+  prepared = pathlib.Path(tfds_dir, builder_lib.JaxfaceFaces.name).is_dir()
+  builder = tfds.builder(builder_lib.JaxfaceFaces.name, data_dir=tfds_dir) if prepared else None
+  if builder is None or not builder.is_prepared():
     raise ConfigError(f'{tfds_dir}: no prepared jaxface_faces dataset here (run scripts/preprocess.py --data-dir '
                       f'CHALLENGE_DIR --out {tfds_dir} first)')
   config.data.tfds_dir = tfds_dir
