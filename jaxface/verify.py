@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import pathlib
 import sys
@@ -83,6 +84,27 @@ def to_model_input(faces: np.ndarray, size: int) -> np.ndarray:
   return faces
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_forward(model, flip_tta: bool):
+  """jit-compiled (variables, images (B, S, S, 3) float32) -> (embedding (B, D), fake_logit (B,)).
+
+  Cached per (model, flip_tta): Flax modules compare by their fields, so verifiers of one architecture (an evaluation
+  and a verification in one process, or tests) share compiled programs.
+  """
+
+  def forward(variables, images):
+    outputs = model.apply(variables, images, train=False)
+    embedding, fake_logit = outputs['embedding'], outputs['fake_logit']
+    if flip_tta:
+      flipped = model.apply(variables, images[:, :, ::-1, :], train=False)
+      # Summing un-normalised embeddings weights each view by its norm (its quality), as AdaFace validates.
+      embedding = embedding + flipped['embedding']
+      fake_logit = 0.5 * (fake_logit + flipped['fake_logit'])
+    return embedding.astype(jnp.float32), fake_logit.astype(jnp.float32)
+
+  return jax.jit(forward)
+
+
 def _bucket(count: int, batch_size: int) -> int:
   """The padded batch size for `count` images: the next power of two, at most `batch_size`."""
   return min(batch_size, 1 << max(count - 1, 0).bit_length())
@@ -114,7 +136,7 @@ class FaceVerifier:
     self.flip_tta = bool(flip_tta)
     self._aligner = aligner
     self._aligner_path = aligner_path or None
-    self._forward = jax.jit(self._forward_fn)
+    self._forward = _compiled_forward(model, self.flip_tta)
 
   @classmethod
   def load(cls, checkpoint: str | os.PathLike, *, aligner: Any = None, aligner_path: str | None = None,
@@ -145,16 +167,6 @@ class FaceVerifier:
                batch_size=batch_size, flip_tta=flip_tta)
 
   # ---------------------------------------------------------------------------------------------------- the network
-
-  def _forward_fn(self, variables, images):
-    outputs = self.model.apply(variables, images, train=False)
-    embedding, fake_logit = outputs['embedding'], outputs['fake_logit']
-    if self.flip_tta:
-      flipped = self.model.apply(variables, images[:, :, ::-1, :], train=False)
-      # Summing un-normalised embeddings weights each view by its norm (its quality), as AdaFace validates.
-      embedding = embedding + flipped['embedding']
-      fake_logit = 0.5 * (fake_logit + flipped['fake_logit'])
-    return embedding.astype(jnp.float32), fake_logit.astype(jnp.float32)
 
   def infer(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Runs the network on aligned faces, in padded fixed-size batches.
