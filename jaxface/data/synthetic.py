@@ -97,8 +97,8 @@ def photo_settings(rng: np.random.Generator, is_fake: bool) -> dict[str, float |
       angle=float(np.clip(rng.normal(0, 0.1), -0.26, 0.26)), scale=u(0.88, 1.06),
       shift_x=u(-0.06, 0.06), shift_y=u(-0.04, 0.07), yaw=u(-0.35, 0.35),
       light=np.array([u(-0.8, 0.8), u(-0.8, 0.5), u(0.5, 1.0)]), ambient=u(0.5, 0.8),
-      gradient=u(0.0, 0.45), gradient_angle=u(0, 2 * math.pi), exposure=u(0.75, 1.15),
-      cast=np.exp(rng.normal(0, 0.06, 3)),
+      gradient=u(0.0, 0.45), gradient_angle=u(0, 2 * math.pi), exposure=u(0.7, 1.2),
+      cast=np.exp(rng.normal(0, 0.09, 3)),
       smile=u(-0.3, 1.0), mouth_open=max(0.0, u(-0.6, 1.0)) * 0.06, brow_raise=u(0.0, 0.035),
       eye_open=u(0.55, 1.1), gaze=np.array([u(-0.3, 0.3), u(-0.2, 0.2)]),
       background=np.clip(u(0.15, 0.85) + u(-0.25, 0.25, 3), 0.02, 0.98), blotches=u(0.0, 0.3),
@@ -145,8 +145,8 @@ def _paint(image: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
 
 
 def _blur(image: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-  """Separable Gaussian blur of (B, C, S, S) with a per-photo sigma (B,) in pixels."""
-  radius = 3
+  """Separable Gaussian blur of (B, C, S, S) with a per-photo sigma (B,) in pixels (at most about 1.2)."""
+  radius = 2
   taps = np.arange(-radius, radius + 1, dtype=np.float32)
   sigma = np.maximum(np.asarray(sigma, np.float32), 1e-3)[:, None]
   weights = np.exp(-0.5 * (taps[None] / sigma) ** 2)
@@ -371,7 +371,10 @@ def render_faces(traits: list[dict], photos: list[dict], size: int = 112) -> np.
   noise = np.broadcast_to(p['noise'], inner.shape).copy()
   noise[smooth] *= 1 - 0.85 * inner[smooth]  # the face of an over-smoothed fake stays quiet
   image += sensor * noise[:, None]
-  return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+  image *= 255
+  np.rint(image, out=image)
+  np.clip(image, 0, 255, out=image)
+  return image.astype(np.uint8).transpose(0, 2, 3, 1)
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
