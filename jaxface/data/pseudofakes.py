@@ -136,7 +136,8 @@ def face_mask(size: int, seed: tf.Tensor, landmarks: tf.Tensor | None = None) ->
   ellipse = lambda: _ellipse(grid, landmarks, _uniform(s[1], *_ELLIPSE_U), _uniform(s[2], *_ELLIPSE_V))
   hull = lambda: _hull(grid, landmarks, _uniform(s[3], *_BROW_OUT), _uniform(s[4], *_BROW_UP),
                        _uniform(s[5], *_MOUTH_OUT), _uniform(s[6], *_MOUTH_DOWN), _uniform(s[7], *_CHIN_DOWN))
-  hard = tf.cond(_uniform(s[0], 0, 1) < 0.5, ellipse, hull)
+  # Both shapes are cheap; selecting avoids a tf.cond, whose branch functions make every pipeline build slower.
+  hard = tf.where(_uniform(s[0], 0, 1) < 0.5, ellipse(), hull())
   scale = size / 112.0
   sigma = _uniform(s[8], *_FEATHER_SIGMA) * scale
   soft = gaussian_blur(hard[:, :, None], sigma, feather_radius(size))
@@ -217,14 +218,19 @@ def _check(image: tf.Tensor) -> tf.Tensor:
   return tf.cast(image, tf.float32)
 
 
-def self_blend(image: tf.Tensor, seed: tf.Tensor, landmarks: tf.Tensor | None = None) -> tf.Tensor:
-  """A self-blended fake of a real aligned face: (S, S, 3) uint8 -> (S, S, 3) uint8, same identity."""
+def self_blend(image: tf.Tensor, seed: tf.Tensor, landmarks: tf.Tensor | None = None,
+               mask: tf.Tensor | None = None) -> tf.Tensor:
+  """A self-blended fake of a real aligned face: (S, S, 3) uint8 -> (S, S, 3) uint8, same identity.
+
+  `mask` ((S, S, 1) float32, from face_mask) replaces the one drawn from the seed.
+  """
   target = _check(image)
   s = _seeds(seed, 4)
   source = _colour_shift(target, s[0])
   source = _sharpness(source, s[1])
   source = _small_affine(source, s[2], max_scale=0.04, max_shift=2.0, max_angle_deg=2.0)
-  return _blend(target, source, face_mask(target.shape[0], s[3], landmarks))
+  mask = face_mask(target.shape[0], s[3], landmarks) if mask is None else mask
+  return _blend(target, source, mask)
 
 
 def _masked_stats(image, weight):
@@ -234,7 +240,8 @@ def _masked_stats(image, weight):
   return mean, tf.sqrt(var + 1e-6)
 
 
-def swap(target: tf.Tensor, donor: tf.Tensor, seed: tf.Tensor, landmarks: tf.Tensor | None = None) -> tf.Tensor:
+def swap(target: tf.Tensor, donor: tf.Tensor, seed: tf.Tensor, landmarks: tf.Tensor | None = None,
+         mask: tf.Tensor | None = None) -> tf.Tensor:
   """The donor's inner face pasted onto the target's aligned face: (S, S, 3) uint8 x2 -> (S, S, 3) uint8.
 
   Both faces are aligned to the same template, so the donor only gets a small misalignment; its colours are matched
@@ -243,7 +250,7 @@ def swap(target: tf.Tensor, donor: tf.Tensor, seed: tf.Tensor, landmarks: tf.Ten
   """
   target_f, donor_f = _check(target), _check(donor)
   s = _seeds(seed, 4)
-  mask = face_mask(target_f.shape[0], s[0], landmarks)
+  mask = face_mask(target_f.shape[0], s[0], landmarks) if mask is None else mask
   donor_f = _small_affine(donor_f, s[1], max_scale=0.05, max_shift=3.0, max_angle_deg=3.0)
   weight = tf.cast(mask > 0.5, tf.float32)
   t_mean, t_std = _masked_stats(target_f, weight)
@@ -292,7 +299,7 @@ def _smooth(image, seed):
 
 
 def trace(image: tf.Tensor, seed: tf.Tensor, landmarks: tf.Tensor | None = None,
-          kind: int | tf.Tensor | None = None) -> tf.Tensor:
+          kind: int | tf.Tensor | None = None, mask: tf.Tensor | None = None) -> tf.Tensor:
   """Generator traces inside the face of a real aligned face: (S, S, 3) uint8 -> (S, S, 3) uint8.
 
   `kind` indexes TRACES (checkerboard, spectral, smooth); None picks one at random from the seed.
@@ -301,10 +308,10 @@ def trace(image: tf.Tensor, seed: tf.Tensor, landmarks: tf.Tensor | None = None,
   s = _seeds(seed, 3)
   if kind is None:
     kind = tf.random.stateless_uniform([], s[0], 0, len(TRACES), dtype=tf.int32)
-  traced = tf.switch_case(tf.cast(kind, tf.int32), [lambda: _checkerboard(face, s[1]),
-                                                    lambda: _spectral(face, s[1]),
-                                                    lambda: _smooth(face, s[1])])
-  return _blend(face, traced, face_mask(face.shape[0], s[2], landmarks))
+  # All three are cheap at face size; indexing them avoids a switch_case's per-branch tracing cost.
+  traced = tf.stack([_checkerboard(face, s[1]), _spectral(face, s[1]), _smooth(face, s[1])])[kind]
+  mask = face_mask(face.shape[0], s[2], landmarks) if mask is None else mask
+  return _blend(face, traced, mask)
 
 
 def pseudo_fake(target: tf.Tensor, donor: tf.Tensor, same_person: tf.Tensor, seed: tf.Tensor,
@@ -321,11 +328,12 @@ def pseudo_fake(target: tf.Tensor, donor: tf.Tensor, same_person: tf.Tensor, see
   """
   if len(weights) != len(KINDS) or min(weights) < 0 or sum(weights) <= 0:
     raise ValueError(f'pseudo-fake weights must be {len(KINDS)} non-negative numbers for {KINDS}, got {weights}')
-  s = _seeds(seed, 2)
+  s = _seeds(seed, 3)
   logits = tf.math.log(tf.constant([weights], tf.float32))
   kind = tf.random.stateless_categorical(logits, 1, s[0], dtype=tf.int32)[0, 0]
   kind = tf.where(tf.logical_and(kind == 1, same_person), 0, kind)
-  image = tf.switch_case(kind, [lambda: self_blend(target, s[1], landmarks),
-                                lambda: swap(target, donor, s[1], landmarks),
-                                lambda: trace(target, s[1], landmarks)])
+  mask = face_mask(int(target.shape[0]), s[2], landmarks)
+  image = tf.switch_case(kind, [lambda: self_blend(target, s[1], landmarks, mask),
+                                lambda: swap(target, donor, s[1], landmarks, mask),
+                                lambda: trace(target, s[1], landmarks, mask=mask)])
   return tf.ensure_shape(image, target.shape), kind

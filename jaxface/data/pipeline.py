@@ -1,0 +1,376 @@
+"""The tf.data input pipeline: TFDS splits -> augmented, fake-mixed, device-shaped batches.
+
+Training data flow (`train_dataset`), per host:
+
+  split slice of this host (jax.process_index / process_count)
+    -> three streams, each file-shuffled, buffer-shuffled and repeated with its own seed, images still JPEG bytes:
+       real photos, recorded fakes, pairs of real photos for pseudo-fakes
+    -> choose_from_datasets with a stateless per-position choice: `fake_share` of the examples are fakes, of which
+       `pseudo_fakes.share` (a share of the whole batch) are made by `pseudofakes.pseudo_fake`
+    -> enumerate, skip(start_step * host batch)         (resume: nothing before here decodes or augments)
+    -> decode, pseudo-fake, augment, resize to image_size, scale to [-1, 1], each seeded by (seed, host, position)
+    -> batch, reshape to (devices, per_device, ...), prefetch.
+
+Determinism and resumption: every random choice is either a seeded shuffle or a stateless function of the example's
+position in the host's stream, and the parallel maps keep their order, so a run started at step k yields exactly
+the batches a run from step 0 yields from step k on. Skipping reads and shuffles the skipped records but does not
+decode or augment them.
+
+Memory stays flat: shuffle buffers are bounded (`shuffle_buffer` encoded JPEGs per stream), nothing is cached, and
+TFDS auto-caching is off.
+
+Fake share: `fake_share` is the share of fakes (recorded + pseudo) in the batch; None keeps the recorded fakes at
+their natural frequency. `pseudo_fakes.share` is always a share of the whole batch. A split with no recorded fakes
+fills their share with pseudo-fakes.
+
+Augmentations that erase fake traces. Blur, downscaling and JPEG re-compression remove the high-frequency traces
+(blending seams, checkerboard and spectral patterns) a detector relies on. We apply them to fakes with the same
+probability as to real photos by default (`augment.fake_degrade_scale = 1.0`): with lower probability for fakes the
+model would learn the shortcut "sharp and clean -> fake", which flags clean real photos at test time, and test photos
+are JPEGs anyway. To keep most traces visible, the strengths stay mild (JPEG quality >= 60, blur sigma <= 1.2 px,
+downscale >= 0.6) and the probabilities low; lower `fake_degrade_scale` to shield fakes further.
+
+TensorFlow is kept off the GPU on import: JAX owns the accelerators.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+
+def hide_gpus_from_tf() -> None:
+  """Keeps TensorFlow off the GPUs so JAX gets all their memory. Harmless when TF has already started."""
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except (RuntimeError, ValueError):  # devices already initialised: nothing left to do
+    pass
+
+
+hide_gpus_from_tf()
+
+from jaxface.data import pseudofakes  # noqa: E402  (after hiding the GPUs: it builds TF constants)
+
+_REAL, _RECORDED_FAKE, _PSEUDO_FAKE = 0, 1, 2
+# The map functions use TF control flow explicitly; AutoGraph's conversion would only slow every pipeline build.
+_plain = tf.autograph.experimental.do_not_convert
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """The data section of a training config (`config.data`); the global batch size is `config.batch_size`."""
+  c = ml_collections.ConfigDict()
+  c.tfds_dir = ''          # TFDS data_dir holding jaxface_faces (written by scripts/preprocess.py)
+  c.image_size = 112       # 112 or 56: faces are resized after augmentation
+  c.fake_share = 0.25      # share of fakes per batch, recorded + pseudo; None = natural share of recorded fakes
+  c.shuffle_buffer = 10_000  # encoded examples per stream (about 5 kB each)
+  c.seed = 0
+  c.parallel_calls = -1    # tf.data.AUTOTUNE
+  c.prefetch = 2           # batches
+
+  a = c.augment = ml_collections.ConfigDict()
+  a.flip = 0.5
+  a.crop_scale = 0.5
+  a.max_scale = 0.08       # scale in [1 - max_scale, 1 + max_scale]
+  a.max_shift = 0.05       # shift up to this fraction of the image side
+  a.max_angle = 5.0        # degrees
+  a.color = 0.5
+  a.brightness = 0.12      # additive, fraction of full range
+  a.contrast = 0.15
+  a.saturation = 0.2
+  a.hue = 0.02
+  a.blur = 0.1
+  a.blur_sigma = (0.3, 1.2)   # pixels of a 112 crop
+  a.downscale = 0.1
+  a.min_downscale = 0.6
+  a.jpeg = 0.2
+  a.jpeg_quality = (60, 95)
+  a.fake_degrade_scale = 1.0  # multiplies the blur, downscale and jpeg probabilities for fakes
+
+  p = c.pseudo_fakes = ml_collections.ConfigDict()
+  p.share = 0.125          # share of the batch made of pseudo-fakes (part of fake_share)
+  p.self_blend = 0.4       # relative probabilities of the kinds
+  p.swap = 0.3
+  p.trace = 0.3
+  return c
+
+
+def _data_cfg(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  return cfg.data if 'data' in cfg else cfg
+
+
+def load_builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The jaxface_faces builder under `config.data.tfds_dir`."""
+  import jaxface.data.builder  # noqa: F401  (registers jaxface_faces)
+  tfds_dir = _data_cfg(cfg).tfds_dir
+  if not tfds_dir:
+    raise ValueError('config.data.tfds_dir is empty: set it to the folder scripts/preprocess.py wrote')
+  return tfds.builder('jaxface_faces', data_dir=tfds_dir)
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  return options
+
+
+def _read(source, split: str, *, shuffle_seed: int | None, process_index: int, process_count: int,
+          skip_decoding: tuple[str, ...] = ()) -> tf.data.Dataset:
+  """This host's slice of a split, from a TFDS builder or from a tf.data.Dataset of feature dicts (tests)."""
+  if isinstance(source, tf.data.Dataset):
+    return source.shard(process_count, process_index) if process_count > 1 else source
+  split_spec = tfds.even_splits(split, n=process_count)[process_index] if process_count > 1 else split
+  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False, options=_options())
+  decoders = {name: tfds.decode.SkipDecoding() for name in skip_decoding} or None
+  return source.as_dataset(split=split_spec, shuffle_files=shuffle_seed is not None, read_config=read_config,
+                           decoders=decoders)
+
+
+def _record_size(source) -> int:
+  """Side of the stored faces (112 for jaxface_faces)."""
+  if isinstance(source, tf.data.Dataset):
+    spec = source.element_spec
+    image_spec = spec['image'] if 'image' in spec else spec['image0']
+    if image_spec.dtype == tf.uint8 and image_spec.shape[0] is not None:
+      return int(image_spec.shape[0])
+    for features in source.take(1):  # encoded images: the first one tells the size
+      return int(tf.io.decode_jpeg(features['image' if 'image' in spec else 'image0']).shape[0])
+    return 112
+  features = source.info.features
+  return int(features['image' if 'image' in features else 'image0'].shape[0])
+
+
+def _decode(image: tf.Tensor, size: int) -> tf.Tensor:
+  if image.dtype == tf.string:
+    image = tf.io.decode_jpeg(image, channels=3)
+  return tf.ensure_shape(image, [size, size, 3])
+
+
+def _host_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax
+    return jax.process_index(), jax.process_count()
+  return process_index, process_count
+
+
+def _stream_weights(fake_share: float | None, pseudo_share: float, has_fakes: bool) -> list[float]:
+  """Sampling weights of [real, recorded fakes, pseudo-fakes]; [natural, pseudo-fakes] when fake_share is None."""
+  if not 0.0 <= pseudo_share <= 1.0:
+    raise ValueError(f'config.data.pseudo_fakes.share must be in [0, 1], got {pseudo_share}')
+  if fake_share is None:
+    return [1.0 - pseudo_share, pseudo_share]
+  if not 0.0 <= fake_share <= 1.0 or pseudo_share > fake_share:
+    raise ValueError(f'config.data.fake_share must be in [pseudo_fakes.share={pseudo_share}, 1], got {fake_share}')
+  if not has_fakes:  # no recorded fakes: pseudo-fakes take their share
+    return [1.0 - fake_share, 0.0, fake_share]
+  return [1.0 - fake_share, fake_share - pseudo_share, pseudo_share]
+
+
+def _is_empty(ds: tf.data.Dataset) -> bool:
+  for _ in ds.take(1):
+    return False
+  return True
+
+
+def train_dataset_tf(source, cfg: ml_collections.ConfigDict, *, num_devices: int, start_step: int = 0,
+                     seed: int | None = None, process_index: int | None = None, process_count: int | None = None
+                     ) -> tf.data.Dataset:
+  """The training stream as a tf.data.Dataset of device-shaped batches; see `train_dataset`."""
+  data = _data_cfg(cfg)
+  seed = data.seed if seed is None else seed
+  index, count = _host_info(process_index, process_count)
+  if cfg.batch_size % (count * num_devices):
+    raise ValueError(f'config.batch_size={cfg.batch_size} must divide into {count} hosts x {num_devices} devices')
+  host_batch = cfg.batch_size // count
+  size = _record_size(source)
+  image_key = ('image',)
+
+  def read(stream: int, keep) -> tf.data.Dataset:
+    ds = _read(source, 'train', shuffle_seed=seed * 7919 + stream, process_index=index, process_count=count,
+               skip_decoding=image_key)
+    ds = ds.map(_plain(lambda f: {'image': f['image'], 'label': tf.cast(f['label'], tf.int32),
+                                  'is_fake': tf.cast(f['is_fake'], tf.int32)}))
+    return ds.filter(_plain(keep)) if keep is not None else ds
+
+  def finish(ds: tf.data.Dataset, stream: int) -> tf.data.Dataset:
+    return ds.shuffle(data.shuffle_buffer, seed=seed * 7919 + 100 + stream).repeat()
+
+  def single(el, origin):
+    return dict(el, donor=el['image'], donor_label=el['label'], origin=tf.fill([], origin))
+
+  def pair(el):  # a batch of two real photos -> one pseudo-fake recipe
+    return {'image': el['image'][0], 'label': el['label'][0], 'is_fake': tf.ones([], tf.int32),
+            'donor': el['image'][1], 'donor_label': el['label'][1], 'origin': tf.fill([], _PSEUDO_FAKE)}
+
+  is_real = lambda f: f['is_fake'] == 0
+  is_fake = lambda f: f['is_fake'] == 1
+  if _is_empty(read(0, is_real)):
+    raise ValueError('the train split has no real photos (is_fake == 0): nothing to train on')
+  pseudo = finish(read(2, is_real), 2).batch(2, drop_remainder=True).map(_plain(pair))
+  has_fakes = data.fake_share is not None and not _is_empty(read(1, is_fake))
+  weights = _stream_weights(data.fake_share, float(data.pseudo_fakes.share), has_fakes)
+  if data.fake_share is None:
+    streams = [finish(read(0, None), 0).map(_plain(lambda f: single(f, f['is_fake']))), pseudo]
+  else:
+    streams = [finish(read(0, is_real), 0).map(_plain(lambda f: single(f, _REAL)))]
+    if weights[1] > 0:
+      streams.append(finish(read(1, is_fake), 1).map(_plain(lambda f: single(f, _RECORDED_FAKE))))
+    streams.append(pseudo)
+    if weights[1] == 0:
+      weights = [weights[0], weights[2]]
+  logits = tf.math.log(tf.constant([weights], tf.float32))
+
+  def choose(position):
+    return tf.random.stateless_categorical(logits, 1, [seed, position], dtype=tf.int64)[0, 0]
+
+  choice = tf.data.Dataset.counter().map(_plain(choose))
+  ds = tf.data.Dataset.choose_from_datasets(streams, choice).enumerate()
+  ds = ds.skip(start_step * host_batch)
+  kind_weights = (float(data.pseudo_fakes.self_blend), float(data.pseudo_fakes.swap), float(data.pseudo_fakes.trace))
+  aug = data.augment
+  out_size = int(data.image_size)
+
+  def example(position, el):
+    key = tf.random.experimental.stateless_fold_in(tf.constant([seed, index], tf.int64), position)
+    fake_key, aug_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+    image = _decode(el['image'], size)
+    if weights[-1] > 0:
+      image = tf.cond(
+          el['origin'] == _PSEUDO_FAKE,
+          lambda: pseudofakes.pseudo_fake(image, _decode(el['donor'], size), el['label'] == el['donor_label'],
+                                          fake_key, kind_weights)[0],
+          lambda: image)
+    fake = tf.cast(el['origin'] != _REAL, tf.int32)
+    image = augment(image, aug_key, aug, is_fake=fake)
+    return {'image': to_model_input(image, out_size), 'label': el['label'], 'is_fake': fake,
+            'id_mask': 1.0 - tf.cast(fake, tf.float32)}
+
+  ds = ds.map(_plain(example), num_parallel_calls=data.parallel_calls, deterministic=True)
+  ds = ds.batch(host_batch, drop_remainder=True)
+  per_device = host_batch // num_devices
+  ds = ds.map(_plain(lambda b: {k: tf.reshape(v, [num_devices, per_device, *v.shape[1:]]) for k, v in b.items()}))
+  return ds.prefetch(data.prefetch).with_options(_options())
+
+
+def train_dataset(source, cfg: ml_collections.ConfigDict, *, num_devices: int, start_step: int = 0,
+                  seed: int | None = None, process_index: int | None = None, process_count: int | None = None
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """Endless, deterministic, resumable training batches for this host.
+
+  Args:
+    source: a jaxface_faces builder (None: `load_builder(cfg)`), or a tf.data.Dataset of train feature dicts with
+      'image' (JPEG bytes or (S0, S0, 3) uint8), 'label' and 'is_fake' (tests, other sources).
+    cfg: the training config: `cfg.batch_size` (global) and `cfg.data` (see default_data_config).
+    num_devices: local devices; batches get a leading axis of this size for pmap.
+    start_step: first step to yield; the batches equal those of a fresh run from that step on.
+    seed: overrides cfg.data.seed.
+    process_index, process_count: this host's slice; default jax.process_index() / jax.process_count().
+  Yields:
+    {'image': (D, B/D, S, S, 3) float32 in [-1, 1], 'label': (D, B/D) int32, 'is_fake': (D, B/D) int32,
+     'id_mask': (D, B/D) float32}, B = batch_size / process_count, S = cfg.data.image_size.
+  """
+  source = load_builder(cfg) if source is None else source
+  ds = train_dataset_tf(source, cfg, num_devices=num_devices, start_step=start_step, seed=seed,
+                        process_index=process_index, process_count=process_count)
+  return iter(tfds.as_numpy(ds))
+
+
+def to_model_input(image: tf.Tensor, size: int) -> tf.Tensor:
+  """(S0, S0, 3) uint8 or float [0, 255] -> (size, size, 3) float32 in [-1, 1], antialiased when shrinking."""
+  image = tf.cast(image, tf.float32)
+  if image.shape[0] != size:
+    image = tf.image.resize(image, [size, size], method='bilinear', antialias=True)
+  return tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)
+
+
+def _maybe(u: tf.Tensor, p, fn, image: tf.Tensor) -> tf.Tensor:
+  return tf.cond(u < tf.cast(p, tf.float32), lambda: fn(image), lambda: image)
+
+
+def augment(image: tf.Tensor, seed: tf.Tensor, aug: ml_collections.ConfigDict, is_fake: tf.Tensor | int = 0
+            ) -> tf.Tensor:
+  """Random flip, crop and scale, colour jitter, blur, downscale, JPEG: (S, S, 3) uint8 -> (S, S, 3) float32 [0, 255].
+
+  Each with its probability in `aug`; blur, downscale and JPEG use `aug.fake_degrade_scale` times their probability
+  on fakes (is_fake == 1). JPEG comes last, as in the photos the model will see.
+  """
+  s = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 16))
+  u = tf.random.stateless_uniform([8], s[0])
+  size = image.shape[0]
+  scale = size / 112.0
+  degrade = tf.where(tf.cast(is_fake, tf.bool), float(aug.fake_degrade_scale), 1.0)
+  x = tf.cast(image, tf.float32)
+  x = _maybe(u[0], aug.flip, lambda im: tf.reverse(im, [1]), x)
+
+  def crop_scale(im):
+    zoom = tf.random.stateless_uniform([], s[1], 1.0 - aug.max_scale, 1.0 + aug.max_scale)
+    shift = tf.random.stateless_uniform([2], s[2], -aug.max_shift, aug.max_shift) * size
+    angle = tf.random.stateless_uniform([], s[3], -aug.max_angle, aug.max_angle) * math.pi / 180.0
+    return pseudofakes.affine(im, zoom, shift, angle)
+
+  def colour(im):
+    im = im / 255.0
+    im = im + tf.random.stateless_uniform([], s[4], -aug.brightness, aug.brightness)
+    im = tf.image.adjust_contrast(im, tf.random.stateless_uniform([], s[5], 1 - aug.contrast, 1 + aug.contrast))
+    im = tf.image.adjust_saturation(tf.clip_by_value(im, 0.0, 1.0),
+                                    tf.random.stateless_uniform([], s[6], 1 - aug.saturation, 1 + aug.saturation))
+    im = tf.image.adjust_hue(im, tf.random.stateless_uniform([], s[7], -aug.hue, aug.hue))
+    return tf.clip_by_value(im, 0.0, 1.0) * 255.0
+
+  def blur(im):
+    sigma = tf.random.stateless_uniform([], s[8], aug.blur_sigma[0], aug.blur_sigma[1]) * scale
+    return pseudofakes.blur_reflect(im, sigma, max(1, int(math.ceil(3 * aug.blur_sigma[1] * scale))))
+
+  def downscale(im):
+    factor = tf.random.stateless_uniform([], s[9], aug.min_downscale, 1.0)
+    small = tf.cast(tf.round(factor * size), tf.int32)
+    im = tf.image.resize(im, [small, small], method='area')
+    return tf.ensure_shape(tf.image.resize(im, [size, size], method='bilinear'), [size, size, 3])
+
+  def jpeg(im):
+    quality = tf.random.stateless_uniform([], s[10], aug.jpeg_quality[0], aug.jpeg_quality[1] + 1, dtype=tf.int32)
+    encoded = tf.cast(tf.clip_by_value(tf.round(im), 0, 255), tf.uint8)
+    return tf.cast(tf.ensure_shape(tf.image.adjust_jpeg_quality(encoded, quality), [size, size, 3]), tf.float32)
+
+  x = _maybe(u[1], aug.crop_scale, crop_scale, x)
+  x = _maybe(u[2], aug.color, colour, x)
+  x = _maybe(u[3], aug.blur * degrade, blur, x)
+  x = _maybe(u[4], aug.downscale * degrade, downscale, x)
+  x = _maybe(u[5], aug.jpeg * degrade, jpeg, x)
+  return tf.clip_by_value(x, 0.0, 255.0)
+
+
+def pairs_dataset(source, split: str, cfg: ml_collections.ConfigDict, batch_size: int, *,
+                  process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Val or test pairs in stored order, no augmentation; the last partial batch is included.
+
+  Args:
+    source: a jaxface_faces builder (None: `load_builder(cfg)`) or a tf.data.Dataset of pair feature dicts.
+    split: 'val' or 'test'.
+    cfg: training config (or its `data` section); uses image_size.
+    batch_size: pairs per batch.
+    process_index, process_count: a host slice of the pairs (default: all of them).
+  Yields:
+    {'image0', 'image1': (B, S, S, 3) float32 in [-1, 1], 'label': (B,) int32, 'kind': (B,) str,
+     'is_fake0', 'is_fake1': (B,) int32, 'pair_id': (B,) str}.
+  """
+  source = load_builder(cfg) if source is None else source
+  size = int(_data_cfg(cfg).image_size)
+  record_size = _record_size(source)
+  ds = _read(source, split, shuffle_seed=None, process_index=process_index, process_count=process_count)
+
+  def prepare(f):
+    return {'image0': to_model_input(_decode(f['image0'], record_size), size),
+            'image1': to_model_input(_decode(f['image1'], record_size), size),
+            'label': tf.cast(f['label'], tf.int32), 'kind': f['kind'],
+            'is_fake0': tf.cast(f['is_fake0'], tf.int32), 'is_fake1': tf.cast(f['is_fake1'], tf.int32),
+            'pair_id': f['pair_id']}
+
+  ds = ds.map(_plain(prepare), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size).prefetch(2)
+  for batch in tfds.as_numpy(ds.with_options(_options())):
+    batch['kind'] = np.array([k.decode() for k in batch['kind']], dtype=object)
+    batch['pair_id'] = np.array([p.decode() for p in batch['pair_id']], dtype=object)
+    yield batch

@@ -1,0 +1,195 @@
+"""The tf.data pipeline on tiny data: device-shaped batches, fake share, resumption, host slicing, pairs.
+
+Data come from a tiny in-test TFDS builder with the jaxface_faces feature layout (56x56 faces) or from an in-memory
+tf.data.Dataset of the same feature dicts; the real builder is not needed.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jaxface.data import pipeline
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+SIZE = 56
+NUM_PEOPLE, PER_PERSON, NUM_FAKES = 8, 4, 8   # 32 real photos + 8 recorded fakes = 40 images
+
+
+def _face(index: int) -> np.ndarray:
+  rng = np.random.RandomState(index)
+  ys, xs = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+  base = 60 + 120 * np.stack([xs, ys, 1 - xs], -1) * rng.uniform(0.5, 1.0, 3) + rng.normal(0, 10, (SIZE, SIZE, 3))
+  return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def _train_records():
+  for i in range(NUM_PEOPLE * PER_PERSON + NUM_FAKES):
+    fake = i >= NUM_PEOPLE * PER_PERSON
+    person = (i - NUM_PEOPLE * PER_PERSON) % NUM_PEOPLE if fake else i // PER_PERSON
+    yield f'{i:04d}', {
+        'image': _face(i), 'label': person, 'person_id': f'{person:08d}', 'is_fake': int(fake),
+        'landmarks': np.zeros((5, 2), np.float32), 'face_score': 1.0, 'source': f'{person:08d}/{i}.jpg'}
+
+
+_KINDS = ['same', 'different', 'own_fake', 'other_fake', '']
+
+
+def _pair_records(count: int):
+  for i in range(count):
+    yield f'{i:08d}', {
+        'pair_id': f'{i:08d}', 'image0': _face(100 + i), 'image1': _face(200 + i), 'label': int(i % 5 == 0),
+        'kind': _KINDS[i % 5], 'is_fake0': 0, 'is_fake1': int(i % 5 in (2, 3)), 'source0': 'a', 'source1': 'b'}
+
+
+class PipelineTestFaces(tfds.core.GeneratorBasedBuilder):
+  """jaxface_faces' feature layout at 56x56, 40 train images and 5 val pairs."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    face = lambda: tfds.features.Image(shape=(SIZE, SIZE, 3), encoding_format='jpeg')
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': face(), 'label': np.int64, 'person_id': tfds.features.Text(), 'is_fake': np.int64,
+        'landmarks': tfds.features.Tensor(shape=(5, 2), dtype=np.float32), 'face_score': np.float32,
+        'source': tfds.features.Text(),
+        'pair_id': tfds.features.Text(), 'image0': face(), 'image1': face(), 'kind': tfds.features.Text(),
+        'is_fake0': np.int64, 'is_fake1': np.int64, 'source0': tfds.features.Text(), 'source1': tfds.features.Text(),
+    }))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples('train'), 'val': self._generate_examples('val')}
+
+  def _generate_examples(self, split):
+    blank = np.zeros((SIZE, SIZE, 3), np.uint8)
+    train_defaults = {'image': blank, 'label': -1, 'person_id': '', 'is_fake': -1,
+                      'landmarks': np.zeros((5, 2), np.float32), 'face_score': 0.0, 'source': ''}
+    pair_defaults = {'pair_id': '', 'image0': blank, 'image1': blank, 'kind': '', 'is_fake0': -1, 'is_fake1': -1,
+                     'source0': '', 'source1': '', 'label': -1}
+    records = _train_records() if split == 'train' else _pair_records(5)
+    for key, record in records:
+      yield key, {**train_defaults, **pair_defaults, **record}
+
+
+@pytest.fixture(scope='module')
+def builder(tmp_path_factory):
+  # One builder with both layouts in one FeaturesDict keeps the test fast; the real builder has per-split features.
+  b = PipelineTestFaces(data_dir=str(tmp_path_factory.mktemp('tfds')))
+  b.download_and_prepare()
+  return b
+
+
+def _memory_dataset() -> tf.data.Dataset:
+  records = [r for _, r in _train_records()]
+  return tf.data.Dataset.from_tensor_slices({
+      'image': np.stack([tf.io.encode_jpeg(r['image'], quality=95).numpy() for r in records]),
+      'label': np.array([r['label'] for r in records], np.int64),
+      'is_fake': np.array([r['is_fake'] for r in records], np.int64)})
+
+
+def _config(batch_size=8, fake_share=0.5, pseudo_share=0.25, image_size=SIZE, shuffle_buffer=16):
+  import ml_collections
+  cfg = ml_collections.ConfigDict({'batch_size': batch_size})
+  cfg.data = pipeline.default_data_config()
+  cfg.data.image_size = image_size
+  cfg.data.fake_share = fake_share
+  cfg.data.pseudo_fakes.share = pseudo_share
+  cfg.data.shuffle_buffer = shuffle_buffer
+  cfg.data.parallel_calls = 2
+  for name in ('blur', 'downscale', 'jpeg'):  # exercise every augmentation
+    cfg.data.augment[name] = 0.5
+  return cfg
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def test_batch_shapes_fake_share_and_id_mask(builder):
+  cfg = _config(batch_size=16, fake_share=0.5, pseudo_share=0.25, image_size=32)
+  batches = _take(pipeline.train_dataset(builder, cfg, num_devices=2, process_index=0, process_count=1), 6)
+  batch = batches[0]
+  assert set(batch) == {'image', 'label', 'is_fake', 'id_mask'}
+  assert batch['image'].shape == (2, 8, 32, 32, 3) and batch['image'].dtype == np.float32
+  assert batch['image'].min() >= -1.0 and batch['image'].max() <= 1.0 and batch['image'].std() > 0.05
+  for key, dtype in (('label', np.int32), ('is_fake', np.int32), ('id_mask', np.float32)):
+    assert batch[key].shape == (2, 8) and batch[key].dtype == dtype
+  assert ((0 <= batch['label']) & (batch['label'] < NUM_PEOPLE)).all()
+  is_fake = np.concatenate([b['is_fake'].ravel() for b in batches])
+  id_mask = np.concatenate([b['id_mask'].ravel() for b in batches])
+  assert abs(is_fake.mean() - 0.5) < 0.12, is_fake.mean()
+  np.testing.assert_array_equal(id_mask, 1.0 - is_fake)  # fakes and pseudo-fakes never count for identity
+
+
+def test_pseudo_fakes_fill_the_share_without_recorded_fakes():
+  real_only = _memory_dataset().filter(lambda f: f['is_fake'] == 0)
+  cfg = _config(batch_size=16, fake_share=0.3, pseudo_share=0.1)
+  batches = _take(pipeline.train_dataset(real_only, cfg, num_devices=1, process_index=0, process_count=1), 6)
+  assert abs(np.mean([b['is_fake'].mean() for b in batches]) - 0.3) < 0.1
+
+
+def test_natural_share_without_pseudo_fakes():
+  cfg = _config(batch_size=20, fake_share=None, pseudo_share=0.0)
+  batches = _take(pipeline.train_dataset(_memory_dataset(), cfg, num_devices=1, process_index=0, process_count=1), 4)
+  share = np.mean([b['is_fake'].mean() for b in batches])
+  assert abs(share - NUM_FAKES / 40) < 0.1, share  # natural share: 8 of 40
+
+
+def test_resume_from_step_gives_the_same_batches(builder):
+  cfg = _config(batch_size=8)
+  fresh = _take(pipeline.train_dataset(builder, cfg, num_devices=2, process_index=0, process_count=1), 8)
+  resumed = _take(pipeline.train_dataset(builder, cfg, num_devices=2, start_step=5, process_index=0,
+                                         process_count=1), 3)
+  for a, b in zip(fresh[5:], resumed):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  # Later epochs are shuffled anew: 8 batches of 8 cover 40 examples more than once, in a different order.
+  assert not np.array_equal(fresh[0]['label'], fresh[5]['label'])
+
+
+def test_hosts_get_disjoint_examples(builder):
+  # No pseudo-fakes and no augmentation randomness that could hide identity: compare the labels+image sums.
+  cfg = _config(batch_size=20, fake_share=None, pseudo_share=0.0)
+  for name in ('flip', 'crop_scale', 'color', 'blur', 'downscale', 'jpeg'):
+    cfg.data.augment[name] = 0.0
+  seen = []
+  for host in range(2):
+    batch = next(pipeline.train_dataset(builder, cfg, num_devices=1, process_index=host, process_count=2))
+    # 20 examples per host slice, batch of 10 per host: one epoch of the slice, each example once.
+    keys = {(int(l), round(float(im.sum()), 1)) for l, im in zip(batch['label'][0], batch['image'][0])}
+    assert len(keys) == 10
+    seen.append(keys)
+  assert not seen[0] & seen[1]
+
+
+def test_pairs_dataset(builder):
+  cfg = _config(image_size=SIZE)
+  batches = list(pipeline.pairs_dataset(builder, 'val', cfg, batch_size=2))
+  assert [len(b['pair_id']) for b in batches] == [2, 2, 1]  # the last partial batch is kept
+  # TFDS stores examples in key-hash order; each pair keeps its own fields.
+  got = {p: (k, l, f) for b in batches for p, k, l, f in zip(b['pair_id'], b['kind'], b['label'], b['is_fake1'])}
+  assert got == {f'{i:08d}': (_KINDS[i % 5], int(i % 5 == 0), int(i % 5 in (2, 3))) for i in range(5)}
+  first = batches[0]
+  assert first['image0'].shape == (2, SIZE, SIZE, 3) and first['image0'].dtype == np.float32
+  assert first['label'].dtype == np.int32 and first['is_fake0'].tolist() == [0, 0]
+  # No augmentation: the model input is the stored (JPEG-decoded) face scaled to [-1, 1].
+  stored = next(iter(builder.as_dataset(split='val', shuffle_files=False)))['image0'].numpy()
+  np.testing.assert_allclose(first['image0'][0], stored / 127.5 - 1.0, atol=1e-6)
+
+
+def test_bad_config_is_rejected():
+  cfg = _config(fake_share=0.1, pseudo_share=0.2)
+  with pytest.raises(ValueError, match='fake_share'):
+    next(pipeline.train_dataset(_memory_dataset(), cfg, num_devices=1, process_index=0, process_count=1))
+  cfg = _config(batch_size=10)
+  with pytest.raises(ValueError, match='batch_size'):
+    next(pipeline.train_dataset(_memory_dataset(), cfg, num_devices=4, process_index=0, process_count=1))
+
+
+def test_default_config_fields():
+  c = pipeline.default_data_config()
+  for field in ('tfds_dir', 'image_size', 'fake_share', 'shuffle_buffer', 'seed'):
+    assert field in c
+  for field in ('flip', 'crop_scale', 'color', 'blur', 'jpeg'):
+    assert 0.0 <= c.augment[field] <= 1.0
+  assert c.pseudo_fakes.share <= c.fake_share
