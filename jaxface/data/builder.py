@@ -16,7 +16,8 @@ Splits (features in /work/spec.md):
          photos, label 1), different, own_fake, other_fake (label 0).
   test   the test_public pairs, with labels and kinds from labels.csv when there is one, else label -1 and kind ''.
 
-TensorFlow is imported here (never by `import jaxface`) and is kept off the GPUs.
+TensorFlow loads only when a JaxfaceFaces builder is made (to write or read), which first hides every GPU from it;
+the align stage runs without it.
 """
 from __future__ import annotations
 
@@ -36,19 +37,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+import tensorflow_datasets as tfds  # imports TensorFlow lazily, on first use
 from PIL import Image, ImageFile, ImageOps
 
 from jaxface.align import cache as cache_lib
 from jaxface.data import challenge
 
 PathLike = str | os.PathLike
-
-try:  # TF must leave every GPU to JAX and torch.
-  tf.config.set_visible_devices([], 'GPU')
-except (RuntimeError, ValueError):  # already initialised, or no GPU support in this build
-  pass
 
 NAME = 'jaxface_faces'
 FACE_SIZE = 112
@@ -58,6 +53,15 @@ DEFAULT_CACHE_NAME = '_align_cache'
 SLEEP_ENV = 'JAXFACE_PREPROCESS_SLEEP_PER_BATCH'
 
 PAIR_LABEL = {'same': 1, 'different': 0, 'own_fake': 0, 'other_fake': 0}
+
+
+def _hide_gpus_from_tf() -> None:
+  """TF must leave every GPU to JAX and torch; called before the builder first touches TF."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except (RuntimeError, ValueError):  # already initialised, or a build without GPU support
+    pass
 
 
 class PreprocessError(ValueError):
@@ -417,6 +421,43 @@ def make_test_pairs(data_dir: PathLike, labels_path: PathLike | None) -> list[Pa
   return pairs
 
 
+@dataclasses.dataclass
+class AlignedChallenge:
+  """A challenge folder after the align stage: what goes where (paths) and how each photo aligned."""
+  data_dir: pathlib.Path
+  images: list[challenge.TrainImage]
+  val_people: list[str]
+  test_pairs: list[Pair]
+  aligner_meta: dict[str, Any]
+  cache: cache_lib.AlignCache
+  statuses: dict[pathlib.Path, PhotoStatus]
+  stats: AlignStats
+
+
+def align_challenge(data_dir: PathLike, options: BuildOptions, aligner, cache_root: PathLike) -> AlignedChallenge:
+  """The align stage: lists the challenge folder, picks the val people, aligns every photo into the cache.
+
+  Needs no TensorFlow (it is imported only by the write stage), so a long alignment runs without it in memory.
+  """
+  data_dir = pathlib.Path(data_dir)
+  images = challenge.list_train_images(data_dir)
+  _, val_people = split_people(images, options.val_fraction, options.seed)
+  labels_path = options.labels_path or (
+      challenge.default_labels_path(data_dir) if challenge.default_labels_path(data_dir).exists() else None)
+  test_pairs = make_test_pairs(data_dir, labels_path)
+  aligner_meta = {'name': aligner.name, 'path': options.aligner_path, 'settings': aligner.settings(),
+                  'min_score': options.min_score, 'max_photo_side': options.max_photo_side,
+                  'jpeg_quality': options.jpeg_quality, 'face_size': FACE_SIZE}
+  cache = cache_lib.AlignCache(cache_root, aligner.name, {
+      'aligner': aligner.settings(), 'max_photo_side': options.max_photo_side,
+      'jpeg_quality': options.jpeg_quality, 'face_size': FACE_SIZE})
+  paths = list(dict.fromkeys([image.path for image in images] +
+                             [path for pair in test_pairs for path in (pair.path0, pair.path1)]))
+  statuses, stats = align_into_cache(paths, aligner, cache, options)
+  return AlignedChallenge(data_dir=data_dir, images=images, val_people=val_people, test_pairs=test_pairs,
+                          aligner_meta=aligner_meta, cache=cache, statuses=statuses, stats=stats)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The TFDS builder.
 
@@ -486,11 +527,14 @@ class JaxfaceFaces(tfds.core.GeneratorBasedBuilder):
     DIR/labels.csv (optional: pair_id,label[,kind] for the test pairs).
   """
 
-  def __init__(self, *, options: BuildOptions | None = None, aligner: Any = None, **kwargs: Any):
-    """Args: options and an optional ready aligner, used only when preparing (a prepared dataset keeps its options
-    in info.metadata); other kwargs go to tfds.core.GeneratorBasedBuilder (data_dir, ...)."""
+  def __init__(self, *, options: BuildOptions | None = None, aligner: Any = None,
+               aligned: AlignedChallenge | None = None, **kwargs: Any):
+    """Args: options, an optional ready aligner and an optional finished align stage, used only when preparing (a
+    prepared dataset keeps its options in info.metadata); other kwargs go to tfds.core.GeneratorBasedBuilder."""
+    _hide_gpus_from_tf()
     self.options = options or BuildOptions()
     self._aligner = aligner
+    self._aligned = aligned
     self.align_report: dict[str, Any] = {}
     super().__init__(**kwargs)
 
@@ -501,7 +545,7 @@ class JaxfaceFaces(tfds.core.GeneratorBasedBuilder):
         homepage='https://codenrock.com/contests/kryptonite-ml-challenge',
     )
 
-  def _as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False) -> tf.data.Dataset:
+  def _as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False) -> 'tf.data.Dataset':
     names = _split_names(split)
     if names <= {'train'}:
       keys = TRAIN_KEYS
@@ -524,24 +568,12 @@ class JaxfaceFaces(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     options = self.options
-    data_dir = pathlib.Path(dl_manager.manual_dir)
-    images = challenge.list_train_images(data_dir)
-    train_people, val_people = split_people(images, options.val_fraction, options.seed)
-    labels_path = options.labels_path or (
-        challenge.default_labels_path(data_dir) if challenge.default_labels_path(data_dir).exists() else None)
-    test_pairs = make_test_pairs(data_dir, labels_path)
-
-    aligner = self._aligner or make_aligner(options)
-    aligner_meta = {'name': aligner.name, 'path': options.aligner_path, 'settings': aligner.settings(),
-                    'min_score': options.min_score, 'max_photo_side': options.max_photo_side,
-                    'jpeg_quality': options.jpeg_quality, 'face_size': FACE_SIZE}
-    cache_root = pathlib.Path(options.cache_dir) if options.cache_dir else self.data_dir_root / DEFAULT_CACHE_NAME
-    cache = cache_lib.AlignCache(cache_root, aligner.name, {
-        'aligner': aligner.settings(), 'max_photo_side': options.max_photo_side,
-        'jpeg_quality': options.jpeg_quality, 'face_size': FACE_SIZE})
-    paths = list(dict.fromkeys([image.path for image in images] +
-                               [path for pair in test_pairs for path in (pair.path0, pair.path1)]))
-    statuses, stats = align_into_cache(paths, aligner, cache, options)
+    aligned = self._aligned
+    if aligned is None:  # called by TFDS directly rather than through prepare(): align now
+      cache_root = pathlib.Path(options.cache_dir) if options.cache_dir else self.data_dir_root / DEFAULT_CACHE_NAME
+      aligned = align_challenge(dl_manager.manual_dir, options, self._aligner or make_aligner(options), cache_root)
+    data_dir, images, val_people, test_pairs = aligned.data_dir, aligned.images, aligned.val_people, aligned.test_pairs
+    statuses, stats, cache, aligner_meta = aligned.statuses, aligned.stats, aligned.cache, aligned.aligner_meta
 
     def usable(path: pathlib.Path) -> bool:
       state = statuses[path].state
@@ -729,7 +761,8 @@ def prepare(data_dir: PathLike, out: PathLike, options: BuildOptions | None = No
   start = time.perf_counter()
   tfds.disable_progress_bar()  # our own bar counts photos; TFDS's would count examples again
   aligner = aligner or make_aligner(options)
-  builder = JaxfaceFaces(data_dir=str(out), options=options, aligner=aligner)
+  aligned = align_challenge(data_dir, options, aligner, cache_dir)
+  builder = JaxfaceFaces(data_dir=str(out), options=options, aligned=aligned)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=str(data_dir), compute_stats=tfds.download.ComputeStatsMode.SKIP))
   report = dict(builder.align_report)
