@@ -1,4 +1,4 @@
-"""Tests for jaxface.data.challenge: every image kind -> RGB uint8, bad files -> one-line ImageReadError, layout readers."""
+"""Tests for jaxface.data.challenge: any image kind -> RGB uint8, bad files -> one-line ImageReadError, layout."""
 from __future__ import annotations
 
 import json

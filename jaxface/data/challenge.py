@@ -163,7 +163,8 @@ def load_rgb(path: PathLike) -> np.ndarray:
   try:
     data = pathlib.Path(path).read_bytes()
   except OSError as error:
-    raise ImageReadError(f'{path}: cannot read file ({_one_line(error)}) (check the path and its permissions)') from None
+    raise ImageReadError(f'{path}: cannot read file ({_one_line(error)}) '
+                         '(check the path and its permissions)') from None
   return decode_rgb(data, str(path))
 
 

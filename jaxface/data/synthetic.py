@@ -111,7 +111,10 @@ def photo_settings(rng: np.random.Generator, is_fake: bool) -> dict[str, float |
   if is_fake:
     chosen = rng.choice(len(TRACE_KINDS), size=1 + int(u() < 0.4), replace=False)
     traces[chosen] = 1
-  sign = lambda: 1.0 if u() < 0.5 else -1.0
+
+  def sign() -> float:
+    return 1.0 if u() < 0.5 else -1.0
+
   settings.update(
       traces=traces,
       seam_gain=np.array([sign() * u(0.05, 0.12) for _ in range(3)]), seam_offset=sign() * u(0.03, 0.07),
@@ -527,6 +530,7 @@ def generate(out_dir, people: int = 50, photos_per_person: int = 8, seed: int = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """Command line: writes the dataset and prints the summary as JSON; returns 2 with one line on bad input."""
   parser = argparse.ArgumentParser(prog='python -m jaxface.data.synthetic',
                                    description='Write a synthetic face dataset in the challenge layout.')
   parser.add_argument('--out', required=True, help='output folder (empty, or use --overwrite)')
@@ -543,8 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     summary = generate(args.out, people=args.people, photos_per_person=args.photos_per_person, seed=args.seed,
                        fake_fraction=args.fake_fraction, test_pairs=args.test_pairs, test_people=args.test_people,
-                       size=args.size, overwrite=args.overwrite,
-                       workers=args.workers)
+                       size=args.size, overwrite=args.overwrite, workers=args.workers)
   except (ValueError, OSError) as error:
     print(f'error: {" ".join(str(error).split())}', file=sys.stderr)
     return 2
