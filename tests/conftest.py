@@ -1,7 +1,7 @@
 """Shared pytest fixtures.
 
-- `synthetic_data_dir`: a small synthetic dataset in the challenge layout, generated once per session (about a second).
-  Read-only for tests: copy it (shutil.copytree) before changing anything.
+- `synthetic_data_dir`: a small synthetic dataset in the challenge layout, generated once per session (about a second);
+  `synthetic_settings` gives the arguments it was made with. Read-only for tests: copy it (shutil.copytree) first.
 - `realfaces_dev_dir`: the real development set (../shared/data/realfaces-dev, or $JAXFACE_REALFACES_DEV); skips the
   test with a clear reason when it is absent.
 """
@@ -17,6 +17,12 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # What `synthetic_data_dir` holds: 12 people x 6 photos (11 fakes), 24 test pairs (6 of each kind), 112x112 JPEGs.
 SYNTHETIC_SETTINGS = dict(people=12, photos_per_person=6, seed=0, fake_fraction=0.15, test_pairs=24, test_people=8,
                           size=112)
+
+
+@pytest.fixture(scope='session')
+def synthetic_settings() -> dict:
+  """The arguments `synthetic_data_dir` was generated with (a copy: change it freely)."""
+  return dict(SYNTHETIC_SETTINGS)
 
 
 @pytest.fixture(scope='session')

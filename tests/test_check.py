@@ -10,27 +10,23 @@ import sys
 import pytest
 
 from jaxface.data import check
-from tests.conftest import REPO_ROOT, SYNTHETIC_SETTINGS
 
 PERSON = '00000003'
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _people_and_fakes() -> tuple[int, int]:
-  total = SYNTHETIC_SETTINGS['people'] * SYNTHETIC_SETTINGS['photos_per_person']
-  return total, round(SYNTHETIC_SETTINGS['fake_fraction'] * total)
-
-
-def test_clean_synthetic_set(synthetic_data_dir, capsys):
+def test_clean_synthetic_set(synthetic_data_dir, synthetic_settings, capsys):
   report = check.check(synthetic_data_dir)
-  total, fakes = _people_and_fakes()
+  total = synthetic_settings['people'] * synthetic_settings['photos_per_person']
+  fakes = round(synthetic_settings['fake_fraction'] * total)
   assert report.problems == []
   assert report.ok
-  assert report.people == SYNTHETIC_SETTINGS['people']
+  assert report.people == synthetic_settings['people']
   assert (report.real_images, report.fake_images) == (total - fakes, fakes)
-  assert report.test_pairs == SYNTHETIC_SETTINGS['test_pairs']
-  quarter = SYNTHETIC_SETTINGS['test_pairs'] // 4
+  assert report.test_pairs == synthetic_settings['test_pairs']
+  quarter = synthetic_settings['test_pairs'] // 4
   assert report.labelled_pairs == {'same': quarter, 'different': quarter, 'own_fake': quarter, 'other_fake': quarter}
-  assert report.decoded_images == total + 2 * SYNTHETIC_SETTINGS['test_pairs']
+  assert report.decoded_images == total + 2 * synthetic_settings['test_pairs']
   assert check.main([str(synthetic_data_dir)]) == 0
   out = capsys.readouterr().out
   assert f'train images: {total} ({total - fakes} real, {fakes} fake)' in out
@@ -98,9 +94,9 @@ def _empty_person_folder(root):
 
 
 def _labels_missing_pair(root):
-  with open(root / 'labels.csv', 'a') as labels:
-    labels.write('00000999,0,different\n')
-  return 'labels.csv: line 26', 'pair 00000999 has no folder'
+  lines = (root / 'labels.csv').read_text().splitlines()
+  (root / 'labels.csv').write_text('\n'.join(lines + ['00000999,0,different']) + '\n')
+  return f'labels.csv: line {len(lines) + 1}', 'pair 00000999 has no folder'
 
 
 def _labels_bad_label(root):

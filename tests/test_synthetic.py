@@ -12,7 +12,6 @@ from PIL import Image
 from sklearn.metrics import roc_curve
 
 from jaxface.data import challenge, check, synthetic
-from tests.conftest import SYNTHETIC_SETTINGS
 
 
 def _challenge_eer(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -27,23 +26,23 @@ def _files(root: pathlib.Path) -> dict[str, bytes]:
   return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob('*')) if path.is_file()}
 
 
-def test_layout_and_checker(synthetic_data_dir):
+def test_layout_and_checker(synthetic_data_dir, synthetic_settings):
   report = check.check(synthetic_data_dir)
   assert report.problems == []
-  people = SYNTHETIC_SETTINGS['people']
+  people = synthetic_settings['people']
   images = challenge.list_train_images(synthetic_data_dir)
-  assert len(images) == people * SYNTHETIC_SETTINGS['photos_per_person']
+  assert len(images) == people * synthetic_settings['photos_per_person']
   assert sorted({image.person_id for image in images}) == [f'{i:08d}' for i in range(people)]
   rgb = challenge.load_rgb(images[0].path)
-  assert rgb.shape == (SYNTHETIC_SETTINGS['size'], SYNTHETIC_SETTINGS['size'], 3)
+  assert rgb.shape == (synthetic_settings['size'], synthetic_settings['size'], 3)
   assert rgb.std() > 20  # a picture, not a flat field
   pairs = challenge.list_test_pairs(synthetic_data_dir)
-  assert [pair.pair_id for pair in pairs] == [f'{i:08d}' for i in range(SYNTHETIC_SETTINGS['test_pairs'])]
+  assert [pair.pair_id for pair in pairs] == [f'{i:08d}' for i in range(synthetic_settings['test_pairs'])]
 
 
-def test_fake_fraction_and_every_person_keeps_real_photos(synthetic_data_dir, tmp_path):
+def test_fake_fraction_and_every_person_keeps_real_photos(synthetic_data_dir, synthetic_settings, tmp_path):
   meta = challenge.read_meta(synthetic_data_dir)
-  assert abs(np.mean(list(meta.values())) - SYNTHETIC_SETTINGS['fake_fraction']) < 0.01
+  assert abs(np.mean(list(meta.values())) - synthetic_settings['fake_fraction']) < 0.01
   summary = synthetic.generate(tmp_path / 'more_fakes', people=10, photos_per_person=5, fake_fraction=0.3,
                                test_pairs=0, size=32)
   meta = challenge.read_meta(tmp_path / 'more_fakes')
@@ -53,12 +52,12 @@ def test_fake_fraction_and_every_person_keeps_real_photos(synthetic_data_dir, tm
   assert not (tmp_path / 'more_fakes' / 'test_public').exists()
 
 
-def test_pairs_of_every_kind_with_consistent_labels(synthetic_data_dir):
+def test_pairs_of_every_kind_with_consistent_labels(synthetic_data_dir, synthetic_settings):
   labels = challenge.read_labels(challenge.default_labels_path(synthetic_data_dir))
   record = json.loads((synthetic_data_dir / 'synthetic.json').read_text())
   kinds = [label.kind for label in labels.values()]
   for kind in synthetic.PAIR_KINDS:
-    assert kinds.count(kind) == SYNTHETIC_SETTINGS['test_pairs'] // 4
+    assert kinds.count(kind) == synthetic_settings['test_pairs'] // 4
   for pair_id, label in labels.items():
     info = record['test_pairs'][pair_id]
     assert label.label == int(label.kind == 'same') and info['kind'] == label.kind
@@ -69,14 +68,14 @@ def test_pairs_of_every_kind_with_consistent_labels(synthetic_data_dir):
       assert bool(info[f'traces{side}']) == bool(info[f'is_fake{side}'])
 
 
-def test_test_people_are_disjoint_from_training_people(synthetic_data_dir):
+def test_test_people_are_disjoint_from_training_people(synthetic_data_dir, synthetic_settings):
   record = json.loads((synthetic_data_dir / 'synthetic.json').read_text())
   train = set(record['train_identities'].values())
   test = {info[f'identity{side}'] for info in record['test_pairs'].values() for side in '01'}
-  assert len(train) == SYNTHETIC_SETTINGS['people'] and len(test) >= 2
+  assert len(train) == synthetic_settings['people'] and len(test) >= 2
   assert not train & test
   # Distinct identities really are different people.
-  seed = SYNTHETIC_SETTINGS['seed']
+  seed = synthetic_settings['seed']
   for identity in test:
     test_traits = synthetic.person_traits(seed, identity)
     for other in train:
