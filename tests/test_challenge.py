@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -257,3 +259,27 @@ def test_read_labels_errors(tmp_path, text, match):
   assert str(info.value).startswith(str(tmp_path / 'labels.csv'))
   with pytest.raises(challenge.DataFormatError, match='cannot read'):
     challenge.read_labels(tmp_path / 'nope.csv')
+
+
+def _png_16_bit(pixels: np.ndarray, colour_type: int) -> bytes:
+  """A 16-bit PNG written by hand (Pillow cannot write 16-bit colour): colour type 2 RGB, 4 grey+alpha, 6 RGBA."""
+  height, width = pixels.shape[:2]
+  raw = b''.join(b'\x00' + pixels[row].astype('>u2').tobytes() for row in range(height))
+
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff)
+  header = struct.pack('>IIBBBBB', width, height, 16, colour_type, 0, 0, 0)
+  return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b'')
+
+
+def test_16_bit_colour_pngs(tmp_path):
+  rgb = np.zeros((4, 4, 3), np.uint16)
+  rgb[..., 0], rgb[..., 1], rgb[..., 2] = 65535, 32768, 257
+  np.testing.assert_array_equal(challenge.decode_rgb(_png_16_bit(rgb, 2), 'rgb16.png')[0, 0], (255, 128, 1))
+  rgba = np.concatenate([rgb, np.full((4, 4, 1), 65535, np.uint16)], axis=-1)
+  rgba[:2, :, 3] = 0
+  decoded = challenge.decode_rgb(_png_16_bit(rgba, 6), 'rgba16.png')
+  np.testing.assert_array_equal(decoded[0, 0], (0, 0, 0))
+  np.testing.assert_array_equal(decoded[3, 0], (255, 128, 1))
+  grey_alpha = np.stack([np.full((4, 4), 40000), np.full((4, 4), 65535)], axis=-1).astype(np.uint16)
+  np.testing.assert_array_equal(challenge.decode_rgb(_png_16_bit(grey_alpha, 4), 'la16.png')[0, 0], (156, 156, 156))
