@@ -80,16 +80,22 @@ def build_torch_ir(arch: str, width: float = 1.0, input_size: int = 112) -> Back
 
 
 @torch.no_grad()
-def randomize(net: nn.Module, seed: int = 0, input_size: int = 112, batches: int = 2) -> nn.Module:
-  """Gives every parameter and BatchNorm statistic non-trivial values, keeping activations of order one.
+def randomize(net: nn.Module, seed: int = 0, input_size: int = 112, batches: int = 1, batch_size: int = 8) -> nn.Module:
+  """Gives every weight and BatchNorm statistic non-trivial, seeded values, keeping activations of order one.
 
-  PReLU slopes and BN affine parameters are drawn at random; running statistics are then measured on random inputs
-  (cumulative average) so that deep nets neither explode nor vanish, and finally jittered so that no statistic is an
-  exact batch statistic. Returns the net in eval mode.
+  Conv and Linear weights are redrawn (normal, variance 1/fan_in), PReLU slopes and BN affine parameters at random;
+  running statistics are then measured on random inputs (cumulative average, dropout off) so that deep nets neither
+  explode nor vanish, and finally jittered so that no statistic is an exact batch statistic. Deterministic for a seed.
+  Returns the net in eval mode.
   """
   gen = torch.Generator().manual_seed(seed)
   for module in net.modules():
-    if isinstance(module, nn.PReLU):
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+      fan_in = module.weight[0].numel()
+      module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / fan_in ** 0.5)
+      if module.bias is not None:
+        module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
+    elif isinstance(module, nn.PReLU):
       module.weight.copy_(torch.rand(module.weight.shape, generator=gen) * 0.5)
     elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
       module.momentum = None
@@ -98,8 +104,11 @@ def randomize(net: nn.Module, seed: int = 0, input_size: int = 112, batches: int
         module.weight.copy_(0.5 + torch.rand(module.weight.shape, generator=gen))
         module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.2)
   net.train()
+  for module in net.modules():
+    if isinstance(module, nn.Dropout):
+      module.eval()
   for _ in range(batches):
-    net(torch.rand((4, 3, input_size, input_size), generator=gen) * 2 - 1)
+    net(torch.rand((batch_size, 3, input_size, input_size), generator=gen) * 2 - 1)
   for module in net.modules():
     if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
       module.running_mean.add_(torch.randn(module.running_mean.shape, generator=gen) * 0.05)
