@@ -264,19 +264,21 @@ def align_into_cache(paths: Sequence[pathlib.Path], aligner, cache: cache_lib.Al
       return f'{path}: cannot read image ({type(error).__name__}: {error}) (replace the file)'
 
   def batches_to_align() -> Iterator[list[pathlib.Path]]:
-    for chunk_start in range(0, len(paths), options.batch_size):
-      chunk = paths[chunk_start:chunk_start + options.batch_size]
-      missing = []
-      for path in chunk:
-        face = cache.get(path)
-        if face is None:
-          missing.append(path)
-        else:
-          statuses[path] = _status_of(face, options.min_score)
-          stats.from_cache += 1
-      progress.update(len(chunk) - len(missing))
-      if missing:
-        yield missing
+    # Full batches of uncached photos, even when a resumed run finds them scattered between cached ones.
+    missing = []
+    for path in paths:
+      face = cache.get(path)
+      if face is None:
+        missing.append(path)
+        if len(missing) == options.batch_size:
+          yield missing
+          missing = []
+      else:
+        statuses[path] = _status_of(face, options.min_score)
+        stats.from_cache += 1
+        progress.update(1)
+    if missing:
+      yield missing
 
   with concurrent.futures.ThreadPoolExecutor(options.workers) as pool:
     for batch, loaded in _read_ahead(batches_to_align(), read, pool):
