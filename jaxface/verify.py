@@ -64,8 +64,8 @@ class VerificationResult:
     return self.p_fake_a > limit, self.p_fake_b > limit
 
 
-def to_model_input(faces: np.ndarray, size: int) -> np.ndarray:
-  """Aligned faces -> the model's input.
+def to_model_input(faces, size: int) -> jax.Array:
+  """Aligned faces -> the model's input, as the training input pipeline makes it (jit-compatible).
 
   Args:
     faces: (B, H, W, 3) uint8 RGB aligned faces (H = W = 112 usually), or float32 already in [-1, 1].
@@ -74,25 +74,26 @@ def to_model_input(faces: np.ndarray, size: int) -> np.ndarray:
   Returns:
     (B, size, size, 3) float32 in [-1, 1].
   """
-  faces = np.asarray(faces)
-  if faces.dtype == np.uint8:
-    faces = faces.astype(np.float32) / 127.5 - 1.0
-  faces = faces.astype(np.float32)
+  faces = jnp.asarray(faces)
+  if faces.dtype == jnp.uint8:
+    faces = faces.astype(jnp.float32) / 127.5 - 1.0
+  faces = faces.astype(jnp.float32)
   if faces.shape[1:3] != (size, size):
-    # Antialiased bilinear, as the input pipeline shrinks its 112 crops.
-    faces = np.asarray(jax.image.resize(faces, (faces.shape[0], size, size, 3), method='linear', antialias=True))
-  return faces
+    # Antialiased bilinear, as the pipeline's tf.image.resize(antialias=True) shrinks its 112 crops (same numbers).
+    faces = jax.image.resize(faces, (faces.shape[0], size, size, faces.shape[3]), method='linear', antialias=True)
+  return jnp.clip(faces, -1.0, 1.0)
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_forward(model, flip_tta: bool):
-  """jit-compiled (variables, images (B, S, S, 3) float32) -> (embedding (B, D), fake_logit (B,)).
+def _compiled_forward(model, flip_tta: bool, input_size: int):
+  """jit-compiled (variables, faces (B, H, W, 3) uint8 or float32) -> (embedding (B, D), fake_logit (B,)).
 
   Cached per (model, flip_tta): Flax modules compare by their fields, so verifiers of one architecture (an evaluation
   and a verification in one process, or tests) share compiled programs.
   """
 
-  def forward(variables, images):
+  def forward(variables, faces):
+    images = to_model_input(faces, input_size)
     outputs = model.apply(variables, images, train=False)
     embedding, fake_logit = outputs['embedding'], outputs['fake_logit']
     if flip_tta:
@@ -136,7 +137,7 @@ class FaceVerifier:
     self.flip_tta = bool(flip_tta)
     self._aligner = aligner
     self._aligner_path = aligner_path or None
-    self._forward = _compiled_forward(model, self.flip_tta)
+    self._forward = _compiled_forward(model, self.flip_tta, self.input_size)
 
   @classmethod
   def load(cls, checkpoint: str | os.PathLike, *, aligner: Any = None, aligner_path: str | None = None,
@@ -181,9 +182,11 @@ class FaceVerifier:
     faces = np.asarray(faces)
     embeddings, logits = [], []
     for start in range(0, len(faces), self.batch_size):
-      chunk = to_model_input(faces[start:start + self.batch_size], self.input_size)
+      chunk = faces[start:start + self.batch_size]
+      if chunk.dtype != np.uint8:
+        chunk = chunk.astype(np.float32)
       count = len(chunk)
-      padded = np.zeros((_bucket(count, self.batch_size), *chunk.shape[1:]), np.float32)
+      padded = np.zeros((_bucket(count, self.batch_size), *chunk.shape[1:]), chunk.dtype)
       padded[:count] = chunk
       embedding, fake_logit = self._forward(self.variables, padded)
       embeddings.append(np.asarray(embedding)[:count])
@@ -347,9 +350,27 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
+def enable_compilation_cache() -> None:
+  """Keeps XLA programs on disk ($JAXFACE_CACHE/xla, default ~/.cache/jaxface/xla) unless a cache is already set.
+
+  Compiling the network is most of a one-off CLI call on a CPU; later calls with the same model load it instead.
+  JAXFACE_XLA_CACHE=0 turns this off.
+  """
+  if jax.config.jax_compilation_cache_dir or os.environ.get('JAXFACE_XLA_CACHE') == '0':
+    return
+  root = pathlib.Path(os.environ.get('JAXFACE_CACHE') or pathlib.Path.home() / '.cache' / 'jaxface')
+  try:
+    (root / 'xla').mkdir(parents=True, exist_ok=True)
+  except OSError:
+    return  # a read-only home: compile every time
+  jax.config.update('jax_compilation_cache_dir', str(root / 'xla'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """The CLI; returns the exit code (0 match, 1 no match, 2 error)."""
   args = _parse_args(argv)
+  enable_compilation_cache()
   from jaxface.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
   from jaxface.data.challenge import DataFormatError  # pylint: disable=import-outside-toplevel
 

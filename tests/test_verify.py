@@ -176,6 +176,11 @@ def _photo_files(tmp_path):
   return [str(p) for p in paths]
 
 
+@pytest.fixture(autouse=True)
+def _no_disk_cache(monkeypatch):
+  monkeypatch.setenv('JAXFACE_XLA_CACHE', '0')  # the CLI would otherwise keep compiled programs under ~/.cache
+
+
 def test_cli_exit_codes(workdir, tmp_path, capsys):
   a, b = _photo_files(tmp_path)
   assert main([a, a, '--checkpoint', str(workdir), '--threshold', '-1']) == 0
