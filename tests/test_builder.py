@@ -207,3 +207,14 @@ def test_faceless_and_low_score_are_counted_then_skipped_or_kept(tmp_path):
   assert scores['train/images/00000003/0.jpg'] == 0.0
   assert scores['train/images/00000003/1.jpg'] == pytest.approx(0.2)
 
+
+
+def test_plain_tfds_download_and_prepare_with_manual_dir(tmp_path):
+  _marker_data(tmp_path / 'data')
+  out = tmp_path / 'tfds'
+  tfds_builder = tfds.builder(builder.NAME, data_dir=str(out), options=_options(val_fraction=0.0))
+  tfds_builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(tmp_path / 'data'), compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  assert tfds_builder.align_report['counts']['aligned'] == 12  # the 'none' aligner sees a face in every photo
+  assert len(list((out / builder.DEFAULT_CACHE_NAME).glob('none-*/*/*.npz'))) == 12
+  assert len(_read(out, 'train')) == 12 and builder.num_classes(tfds.builder(builder.NAME, data_dir=str(out))) == 4
