@@ -104,31 +104,72 @@ def test_refuses_a_non_empty_folder_without_overwrite(tmp_path):
   assert synthetic.main(['--out', str(tmp_path / 'd'), '--people', '1', '--size', '33']) == 2
 
 
-def test_untrained_measures_score_near_chance(tmp_path):
-  """Cosine of raw downscaled pixels and colour-histogram overlap cannot tell the pairs apart."""
-  root = tmp_path / 'hard'
-  synthetic.generate(root, people=2, photos_per_person=2, test_pairs=160, test_people=40, seed=1)
+@pytest.fixture(scope='module')
+def hard_data_dir(tmp_path_factory) -> pathlib.Path:
+  """150 training people x 6 photos and 160 test pairs of 40 other people (about 6 s)."""
+  root = tmp_path_factory.mktemp('hard') / 'data'
+  synthetic.generate(root, people=150, photos_per_person=6, test_pairs=160, test_people=40, seed=1)
+  return root
+
+
+def _small_grey(path: pathlib.Path) -> np.ndarray:
+  """(32 * 32 * 3,) float64: downscaled pixels, mean-centred and scaled to unit variance."""
+  pixels = np.asarray(Image.fromarray(challenge.load_rgb(path)).resize((32, 32), Image.BILINEAR), np.float64)
+  pixels -= pixels.mean()
+  return (pixels / (pixels.std() + 1e-6)).ravel()
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+  return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def _colour_histogram(photo: np.ndarray) -> np.ndarray:
+  bins = (photo // 32).astype(np.int64)
+  counts = np.bincount((bins[..., 0] * 64 + bins[..., 1] * 8 + bins[..., 2]).ravel(), minlength=512)
+  return counts / counts.sum()
+
+
+def _test_pairs(root: pathlib.Path) -> tuple[list[challenge.TestPair], np.ndarray, np.ndarray]:
   labels = challenge.read_labels(challenge.default_labels_path(root))
-  y, pixel_scores, histogram_scores = [], [], []
-  for pair in challenge.list_test_pairs(root):
-    photos = [challenge.load_rgb(path) for path in (pair.path0, pair.path1)]
-    small = [np.asarray(Image.fromarray(photo).resize((28, 28), Image.BILINEAR), np.float64).ravel()
-             for photo in photos]
-    small = [vector - vector.mean() for vector in small]
-    pixel_scores.append(small[0] @ small[1] / np.linalg.norm(small[0]) / np.linalg.norm(small[1]))
-    histograms = []
-    for photo in photos:
-      bins = (photo // 32).astype(np.int64)
-      counts = np.bincount((bins[..., 0] * 64 + bins[..., 1] * 8 + bins[..., 2]).ravel(), minlength=512)
-      histograms.append(counts / counts.sum())
-    histogram_scores.append(np.minimum(*histograms).sum())
-    y.append(labels[pair.pair_id].label)
-  y = np.array(y)
+  pairs = challenge.list_test_pairs(root)
+  return (pairs, np.array([labels[pair.pair_id].label for pair in pairs]),
+          np.array([labels[pair.pair_id].kind for pair in pairs]))
+
+
+def test_untrained_measures_score_near_chance(hard_data_dir):
+  """Cosine of raw downscaled pixels and colour-histogram overlap cannot tell the pairs apart."""
+  pairs, y, _ = _test_pairs(hard_data_dir)
   assert y.sum() == 40
+  pixel_scores = [_cosine(_small_grey(pair.path0), _small_grey(pair.path1)) for pair in pairs]
+  histogram_scores = [np.minimum(_colour_histogram(challenge.load_rgb(pair.path0)),
+                                 _colour_histogram(challenge.load_rgb(pair.path1))).sum() for pair in pairs]
   pixel_eer = _challenge_eer(y, np.array(pixel_scores))
   histogram_eer = _challenge_eer(y, np.array(histogram_scores))
   assert pixel_eer > 0.3, pixel_eer
   assert histogram_eer > 0.3, histogram_eer
+
+
+def test_identity_is_learnable(hard_data_dir):
+  """A linear model fitted on the training people (PCA + LDA on pixels) separates same from different people far
+  better than raw pixels, yet still accepts fakes of the same person: identity takes learning, fakes take more."""
+  from sklearn.decomposition import PCA
+  from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+  images = [image for image in challenge.list_train_images(hard_data_dir) if not image.is_fake]
+  features = np.stack([_small_grey(image.path) for image in images])
+  pca = PCA(60, random_state=0).fit(features)
+  lda = LinearDiscriminantAnalysis().fit(pca.transform(features), [image.person_id for image in images])
+  pairs, y, kinds = _test_pairs(hard_data_dir)
+  raw, learned = [], []
+  for pair in pairs:
+    both = np.stack([_small_grey(pair.path0), _small_grey(pair.path1)])
+    raw.append(_cosine(*both))
+    learned.append(_cosine(*lda.transform(pca.transform(both))))
+  raw, learned = np.array(raw), np.array(learned)
+  people = (kinds == 'same') | (kinds == 'different')
+  raw_eer, learned_eer = _challenge_eer(y[people], raw[people]), _challenge_eer(y[people], learned[people])
+  assert learned_eer < 0.25 and learned_eer < 0.6 * raw_eer, (learned_eer, raw_eer)
+  own_fake = (kinds == 'same') | (kinds == 'own_fake')
+  assert _challenge_eer(y[own_fake], learned[own_fake]) > 0.3  # identity alone does not catch own fakes
 
 
 def _jpeg_round_trip(rgb: np.ndarray, quality: int = 75) -> np.ndarray:
