@@ -27,8 +27,6 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from jaxface import metrics
-
 # Strengths tried by `calibrate_strength`: 1e-3 .. 1e3, 10 per decade.
 DEFAULT_STRENGTHS = np.geomspace(1e-3, 1e3, 61)
 
@@ -118,6 +116,8 @@ def calibrate_strength(cosine, p_fake0, p_fake1, labels,
   Returns:
     (strength, EER of the fused score at that strength).
   """
+  from jaxface import metrics  # pylint: disable=import-outside-toplevel  (sklearn: slow to import, needed only here)
+
   strengths = np.asarray(DEFAULT_STRENGTHS if strengths is None else strengths, dtype=np.float64)
   if strengths.size == 0 or np.any(strengths <= 0):
     raise ValueError('fuse strengths must be positive')
