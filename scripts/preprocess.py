@@ -7,7 +7,8 @@ stopped. At the end it prints the counts of aligned, faceless, low-score and unr
 the list of skipped photos, to <out>/preprocess_report.json.
 
 Exit status: 0 when nothing was skipped, 1 when some photos (or test pairs) were skipped (the report says which),
-2 for a user error (missing data folder, existing dataset, bad option), printed as one line.
+2 for a user error (missing data folder, existing dataset, bad option, unwritable output), printed as one line,
+130 when interrupted (rerun to resume).
 """
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (builder.PreprocessError, challenge.DataFormatError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 2
+  except OSError as error:  # an unwritable --out or --cache-dir, a full disk: the message names the file
+    print(f'error: {error} (check that the folder is writable and has space)', file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print('interrupted: rerun the same command to resume (aligned faces are cached)', file=sys.stderr)
+    return 130
   summary = {key: value for key, value in report.items() if key not in _LONG_FIELDS and key != 'options'}
   print(json.dumps(summary, indent=1, default=str))
   for item in report['skipped'][:10]:
