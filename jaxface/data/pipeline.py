@@ -114,6 +114,8 @@ def load_builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
 def _options() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
+  # Small per-example ops: parallelism across examples beats splitting each op over threads.
+  options.threading.max_intra_op_parallelism = 1
   return options
 
 

@@ -77,9 +77,9 @@ def _pixel_grid(height: int, width: int) -> tf.Tensor:
 def _ellipse(grid, landmarks, ku, kv):
   u, v, eye_mid, mouth_mid, eye_dist, face_len = _face_frame(landmarks)
   centre = 0.5 * (eye_mid + mouth_mid) - 0.05 * face_len * v  # a little up so the brows are reached
-  rel = grid - centre
-  pu = tf.reduce_sum(rel * u, -1) / (0.5 * eye_dist * ku)
-  pv = tf.reduce_sum(rel * v, -1) / (0.5 * face_len * kv)
+  axes = tf.stack([u / (0.5 * eye_dist * ku), v / (0.5 * face_len * kv)], axis=1)  # (2, 2)
+  p = tf.einsum('hwc,ck->hwk', grid, axes) - tf.linalg.matvec(axes, centre, transpose_a=True)
+  pu, pv = p[..., 0], p[..., 1]
   return tf.cast(pu * pu + pv * pv <= 1.0, tf.float32)
 
 
@@ -94,34 +94,36 @@ def _hull(grid, landmarks, brow_out, brow_up, mouth_out, mouth_down, chin_down):
       mouth_mid + chin_down * d * v,
       left_mouth - mouth_out * d * u + mouth_down * d * v])  # (5, 2), convex by symmetry of the offsets
   edges = tf.roll(corners, -1, axis=0) - corners
-  rel = grid[:, :, None, :] - corners  # (H, W, 5, 2)
-  cross = edges[:, 0] * rel[..., 1] - edges[:, 1] * rel[..., 0]
+  # The edge cross products are affine in the pixel position: one small matrix product for all five edges.
+  normals = tf.stack([-edges[:, 1], edges[:, 0]])  # (2, 5)
+  cross = tf.einsum('hwc,ck->hwk', grid, normals) - tf.reduce_sum(tf.transpose(normals) * corners, -1)
   inside = tf.logical_or(tf.reduce_all(cross >= 0, -1), tf.reduce_all(cross <= 0, -1))
   return tf.cast(inside, tf.float32)
 
 
-def _gaussian_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:
-  x = tf.range(-radius, radius + 1, dtype=tf.float32)
-  k = tf.exp(-0.5 * tf.square(x / tf.maximum(sigma, 1e-3)))
-  return k / tf.reduce_sum(k)
+def _blur_matrix(n: int, sigma: tf.Tensor, radius: int) -> tf.Tensor:
+  """(n + 2 radius, n) Gaussian band: column v weights padded samples v .. v + 2 radius, exactly 0 elsewhere."""
+  offset = tf.range(n + 2 * radius, dtype=tf.float32)[:, None] - tf.range(n, dtype=tf.float32)[None] - radius
+  weights = tf.exp(-0.5 * tf.square(offset / tf.maximum(tf.cast(sigma, tf.float32), 1e-3)))
+  weights = tf.where(tf.abs(offset) <= radius, weights, 0.0)
+  return weights / tf.reduce_sum(weights, axis=0, keepdims=True)
 
 
-def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
-  """Separable Gaussian blur with a fixed-size kernel, zero padding: (H, W, C) float32 -> (H, W, C) float32."""
-  channels = image.shape[-1]
-  k = _gaussian_kernel(sigma, radius)
-  kx = tf.tile(tf.reshape(k, [1, -1, 1, 1]), [1, 1, channels, 1])
-  ky = tf.tile(tf.reshape(k, [-1, 1, 1, 1]), [1, 1, channels, 1])
-  x = image[None]
-  x = tf.nn.depthwise_conv2d(x, kx, [1, 1, 1, 1], 'SAME')
-  x = tf.nn.depthwise_conv2d(x, ky, [1, 1, 1, 1], 'SAME')
-  return x[0]
+def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius: int, mode: str = 'CONSTANT') -> tf.Tensor:
+  """Separable Gaussian blur cut at `radius`: (H, W, C) float32 -> (H, W, C) float32.
+
+  Written as two small matrix products with banded matrices: on CPU this is several times faster than
+  depthwise_conv2d for face-sized images. `mode` pads the borders: 'CONSTANT' (zeros) or 'REFLECT'.
+  """
+  h, w = image.shape[0], image.shape[1]
+  padded = tf.pad(image, [[radius, radius], [radius, radius], [0, 0]], mode=mode)
+  rows = tf.einsum('pwc,ph->hwc', padded, _blur_matrix(h, sigma, radius))
+  return tf.einsum('hpc,pw->hwc', rows, _blur_matrix(w, sigma, radius))
 
 
 def blur_reflect(image: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
   """Gaussian blur with reflected borders (no dark rim): (H, W, C) float32 -> (H, W, C) float32."""
-  padded = tf.pad(image, [[radius, radius], [radius, radius], [0, 0]], mode='REFLECT')
-  return gaussian_blur(padded, sigma, radius)[radius:-radius, radius:-radius]
+  return gaussian_blur(image, sigma, radius, mode='REFLECT')
 
 
 def face_mask(size: int, seed: tf.Tensor, landmarks: tf.Tensor | None = None) -> tf.Tensor:
