@@ -257,7 +257,8 @@ def swap(target: tf.Tensor, donor: tf.Tensor, seed: tf.Tensor, landmarks: tf.Ten
   weight = tf.cast(mask > 0.5, tf.float32)
   t_mean, t_std = _masked_stats(target_f, weight)
   d_mean, d_std = _masked_stats(donor_f, weight)
-  donor_f = (donor_f - d_mean) / d_std * t_std + t_mean
+  # A bounded contrast ratio: a hat or a beard inside the target's mask must not stretch the donor's face garishly.
+  donor_f = (donor_f - d_mean) * tf.clip_by_value(t_std / d_std, 0.75, 1.33) + t_mean
   size = target_f.shape[0]
   sigma = _uniform(s[2], 0.0, 1.0) * size / 112.0
   soft = blur_reflect(donor_f, sigma, max(2, int(math.ceil(3 * size / 112.0))))
