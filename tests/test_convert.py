@@ -86,7 +86,8 @@ def test_bgr_source_flips_only_the_stem_input_channels(ir18_state):
   stem_bgr, stem_rgb = as_bgr['params']['stem_conv']['kernel'], as_rgb['params']['stem_conv']['kernel']
   np.testing.assert_array_equal(stem_bgr, stem_rgb[:, :, ::-1, :])
   assert not np.array_equal(stem_bgr, stem_rgb)
-  np.testing.assert_array_equal(as_bgr['params']['body_0']['conv1']['kernel'], as_rgb['params']['body_0']['conv1']['kernel'])
+  body_conv = lambda variables: variables['params']['body_0']['conv1']['kernel']
+  np.testing.assert_array_equal(body_conv(as_bgr), body_conv(as_rgb))
 
 
 def run_cli_on_state(state: dict, tmp_path: pathlib.Path, capsys, arch: str = 'ir_18', *flags: str) -> str:

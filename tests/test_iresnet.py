@@ -27,12 +27,12 @@ def flax_backbone_shapes(arch: str, width: float = 1.0, size: int = 112):
 
 
 def test_parameter_counts_match_the_official_models(capsys):
-  """IR-18/50: Flax == PyTorch reference (official layout) == hand count; IR-101 (not built in torch): Flax == hand count.
+  """IR-18/50: Flax == PyTorch reference (official layout) == hand count; IR-101 (not built in torch, slow): Flax ==
+  hand count.
 
   The hand count (`official_param_count`) is: stem 3*64*9 + 2*64 + 64; per unit in->d 2*in + 9*in*d + 2*d + d +
   9*d*d + 2*d, plus in*d + 2*d for a conv shortcut; output 2*512 + 25088*512 + 512 (BatchNorm1d is affine=False).
   """
-  import torch  # noqa: F401  (the reference net)
   from torch_reference import build_torch_ir
   counts = {}
   for arch in ('ir_18', 'ir_50', 'ir_101'):
@@ -64,6 +64,11 @@ def test_layout_shortcuts_stages_and_output():
       'stage1': (3, 28, 28, 16), 'stage2': (3, 14, 14, 32), 'stage3': (3, 7, 7, 64), 'stage4': (3, 4, 4, 128)}
 
 
+def compile_fast(fn, *args):
+  """jit + compile at XLA optimisation level 0: compiling is the slow part on a busy CPU and these models are tiny."""
+  return jax.jit(fn).lower(*args).compile(compiler_options={'xla_backend_optimization_level': 0})
+
+
 def train_loss(model, params, batch_stats, images, rng):
   out, updates = model.apply({'params': params, 'batch_stats': batch_stats}, images, train=True,
                              mutable=['batch_stats'], rngs={'dropout': rng})
@@ -89,13 +94,11 @@ def test_tiny_model_trains_one_real_step():
   """A real compiled forward + backward of a tiny IR-18 FaceModel with the feature-map fake head."""
   model = build_model({'arch': 'ir_18', 'width': 0.125, 'input_size': 56, 'fake_head': 'features'})
   images = jax.random.uniform(jax.random.PRNGKey(2), (4, 56, 56, 3), minval=-1, maxval=1)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), images)
+  variables = compile_fast(model.init, jax.random.PRNGKey(0), images)(jax.random.PRNGKey(0), images)
   params, stats = variables['params'], variables['batch_stats']
   np.testing.assert_array_equal(params['backbone']['body_0']['prelu']['alpha'], 0.25)
-  step = jax.jit(jax.value_and_grad(functools.partial(train_loss, model), has_aux=True))
-  # Optimisation level 0: compiling is the slow part on a busy CPU and this model is tiny.
-  compiled = step.lower(params, stats, images, jax.random.PRNGKey(1)).compile(
-      compiler_options={'xla_backend_optimization_level': 0})
+  compiled = compile_fast(jax.value_and_grad(functools.partial(train_loss, model), has_aux=True),
+                          params, stats, images, jax.random.PRNGKey(1))
   (loss, new_stats), grads = compiled(params, stats, images, jax.random.PRNGKey(1))
   assert np.isfinite(float(loss)) and float(loss) > 1.0
   flat = flax.traverse_util.flatten_dict(grads, sep='/')
@@ -114,9 +117,10 @@ def test_batchnorm_axis_name_averages_statistics_across_replicas():
   synced = build_model({'arch': 'small_cnn', 'width': 0.25, 'fake_head': 'none', 'dropout': 0.0,
                         'bn_axis_name': 'batch'})
   variables = local.init(jax.random.PRNGKey(0), images[:1])
-  apply = lambda m, x: m.apply(variables, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(0)})
-  _, full = jax.jit(lambda x: apply(local, x))(images)
-  _, replicas = jax.jit(jax.vmap(lambda x: apply(synced, x), axis_name='batch'))(images.reshape(2, 4, 56, 56, 3))
+  apply = lambda m, x: m.apply(variables, x, train=True, mutable=['batch_stats'])
+  halves = images.reshape(2, 4, 56, 56, 3)
+  _, full = compile_fast(lambda x: apply(local, x), images)(images)
+  _, replicas = compile_fast(jax.vmap(lambda x: apply(synced, x), axis_name='batch'), halves)(halves)
   for path, value in flax.traverse_util.flatten_dict(full['batch_stats'], sep='/').items():
     per_replica = flax.traverse_util.flatten_dict(replicas['batch_stats'], sep='/')[path]
     np.testing.assert_allclose(per_replica[0], value, rtol=1e-4, atol=1e-5, err_msg=path)

@@ -153,7 +153,8 @@ def test_fake_pushaway_only_moves_fakes_near_their_centre():
   emb = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
   cos = (emb * centres[:, labels].T).sum(1)
   expected = np.maximum(cos[:3] - 0.2, 0).mean()
-  fn = jax.jit(lambda e: losses.fake_pushaway_loss(e, jnp.asarray(weights), jnp.asarray(labels), jnp.asarray(is_fake), 0.2))
+  fn = jax.jit(lambda e: losses.fake_pushaway_loss(e, jnp.asarray(weights), jnp.asarray(labels),
+                                                   jnp.asarray(is_fake), 0.2))
   np.testing.assert_allclose(float(fn(jnp.asarray(embedding, jnp.float32))), expected, rtol=1e-5)
   assert expected > 0.5
   grad = np.asarray(jax.grad(fn)(jnp.asarray(embedding, jnp.float32)))

@@ -142,7 +142,7 @@ class IResNet(nn.Module):
 
 
 def shortcut_conv_units(arch: str) -> list[int]:
-  """Body indices of the units with a conv shortcut (each stage's first unit but the first): e.g. [3, 7, 21] for IR-50."""
+  """Body indices of the units with a conv shortcut (first unit of stages 2-4): e.g. [3, 7, 21] for IR-50."""
   units = IR_UNITS[arch]
   return [sum(units[:s]) for s in range(1, 4)]
 

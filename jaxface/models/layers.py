@@ -63,8 +63,8 @@ def batch_norm(train: bool, axis_name: str | None, dtype: Any = jnp.float32, **k
   """A BatchNorm with PyTorch's defaults (eps 1e-5, momentum 0.1 = Flax momentum 0.9).
 
   `axis_name` (e.g. 'batch' under pmap) averages batch statistics across devices; it is only used in training, so
-  evaluation outside pmap works with the same module. Running variance is Flax's biased batch variance, PyTorch keeps the
-  unbiased one: they differ by a factor B/(B-1) during training only, and converted statistics are used as they are.
+  evaluation outside pmap works with the same module. Running variance is Flax's biased batch variance, PyTorch
+  keeps the unbiased one: they differ by a factor B/(B-1) during training only, and converted statistics are used as they are.
   """
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                       axis_name=axis_name if train else None, dtype=dtype, param_dtype=jnp.float32, **kwargs)
