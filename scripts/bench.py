@@ -524,6 +524,11 @@ def environment() -> dict[str, Any]:
 
 def run_stage(args, stage: str) -> dict[str, Any]:
   setup_threads(args.device)
+  if args.compile_cache != 'none':
+    import jax  # pylint: disable=import-outside-toplevel
+    # XLA:CPU needs about a minute of CPU time to compile an IR-18 train step; a second run reuses it from disk.
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(args.compile_cache))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   fn = {'conv': stage_conv, 'train': stage_train, 'infer': stage_infer, 'align': stage_align,
         'pipeline': stage_pipeline}[stage]
   start = time.perf_counter()
@@ -551,6 +556,8 @@ def parse_args(argv=None):
   parser.add_argument('--dfa-path', default=None)
   parser.add_argument('--tfds-dir', default='', help='pipeline stage: a preprocess.py output (default: synthetic)')
   parser.add_argument('--pipeline-seconds', type=float, default=20.0)
+  parser.add_argument('--compile-cache', default='~/.cache/jaxface/jax-compile-cache',
+                      help="JAX persistent compilation cache ('none' to compile from scratch)")
   parser.add_argument('--in-process', action='store_true', help='run stages in this process (no clean memory peaks)')
   parser.add_argument('--child-json', help=argparse.SUPPRESS)
   return parser.parse_args(argv)
