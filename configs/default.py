@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   # --------------------------------------------------------------------------------------------------------- training
   config.batch_size = 64
   config.eval_batch_size = 128
-  config.num_epochs = 12
+  config.num_epochs = 8
   config.num_steps = 0  # > 0 overrides num_epochs
   config.eval_every = 0  # steps; 0 = once an epoch
   config.log_every = 10

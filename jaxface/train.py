@@ -656,7 +656,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--config', default=str(DEFAULT_CONFIG), help='config file (default: configs/default.py)')
   parser.add_argument('--workdir', default=None, help='where checkpoints and metrics go (default: ./workdir/<config>)')
   args, rest = parser.parse_known_args(argv)
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S')
+  # force: absl (imported by orbax and TF) has already put a WARNING-level handler on the root logger.
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S',
+                      force=True)
   for noisy in ('absl', 'tensorflow', 'jax._src.xla_bridge', 'orbax'):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
