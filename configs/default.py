@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.fake_head = 'features'
   config.model.dtype = 'float32'
   config.model.bn_axis_name = 'batch'
+  config.model.space_to_depth = False
 
   # ------------------------------------------------------------------------------------------------------------- data
   from jaxface.data import pipeline  # pylint: disable=g-import-not-at-top

@@ -138,3 +138,18 @@ def test_bfloat16_model_returns_float32_outputs():
 def test_build_model_rejects_unknown_arch():
   with pytest.raises(ValueError, match="arch 'ir_152' is not one of"):
     build_model({'arch': 'ir_152'})
+
+
+def test_space_to_depth_folds_every_pixel_into_a_half_size_map():
+  from jaxface.models.face_model import fold_pixels  # pylint: disable=import-outside-toplevel
+  images = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3)
+  folded = fold_pixels(images)
+  assert folded.shape == (2, 2, 2, 12)
+  # Position (i, j) holds the 2x2 block at rows 2i..2i+1, columns 2j..2j+1, row-major, channels last.
+  np.testing.assert_array_equal(folded[1, 1, 0], images[1, 2:4, 0:2].reshape(-1))
+  model = build_model({'arch': 'ir_18', 'width': 0.125, 'space_to_depth': True, 'dropout': 0.0})
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 112, 112, 3))))
+  stem = variables['params']['backbone']['stem_conv']['kernel']
+  assert stem.shape[2] == 12  # the stem reads 12 channels at 56x56: a 56-size model's cost, every pixel seen
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 112, 112, 3))), variables)
+  assert out['embedding'].shape == (2, 512) and out['fake_logit'].shape == (2,)

@@ -18,6 +18,11 @@ of the stage-2 map, the embedding, LayerNorm and a 2-layer MLP give one logit. T
 backbone's stem and first two stages (they learn to keep traces) but is stopped at the embedding, which stays shaped
 by the identity and push-away losses only. 'embedding' reads the embedding alone (cheaper, weaker on traces); 'none'
 returns a zero logit.
+
+`space_to_depth` (CPU-sized models): the 112x112 face is folded into a 56x56 map of 12 channels (each 2x2 pixel
+block becomes one position) before the backbone, so the network runs at the cost of a 56x56 model but still sees every
+pixel. Resizing the face to 56 instead averages away exactly the 1-2 pixel traces generators leave (up-sampling
+checkerboards, spectral peaks, missing skin texture). Not for pretrained IR weights, whose stem reads 3 channels.
 """
 from __future__ import annotations
 
@@ -61,6 +66,7 @@ class FaceModel(nn.Module):
   fake_head: str = 'features'
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
+  space_to_depth: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -75,6 +81,8 @@ class FaceModel(nn.Module):
     """
     backbone = build_backbone(self.arch, self.width, self.embedding_dim, self.dropout, self.bn_axis_name, self.dtype,
                               name='backbone')
+    if self.space_to_depth:
+      images = fold_pixels(images)
     embedding, stages = backbone(images, train=train)
     if self.fake_head == 'none':
       fake_logit = jnp.zeros(embedding.shape[:1], jnp.float32)
@@ -84,12 +92,22 @@ class FaceModel(nn.Module):
     return {'embedding': embedding.astype(jnp.float32), 'fake_logit': fake_logit.astype(jnp.float32)}
 
 
+def fold_pixels(images: jax.Array, block: int = 2) -> jax.Array:
+  """(B, H, W, C) -> (B, H/block, W/block, block*block*C): each block x block patch becomes one position."""
+  b, h, w, c = images.shape
+  if h % block or w % block:
+    raise ValueError(f'space_to_depth needs a side divisible by {block}, got {h}x{w}')
+  x = images.reshape(b, h // block, block, w // block, block, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // block, w // block, block * block * c)
+
+
 def build_model(cfg) -> FaceModel:
   """FaceModel from `config.model` (ml_collections.ConfigDict or dict).
 
   Fields: arch, width (1.0 = official), input_size (112 | 56; the model adapts to the input, the field is for the data
   and the converter), embedding_dim (512), dropout (0.4), fake_head ('features' | 'embedding' | 'none'),
-  dtype ('float32' | 'bfloat16'), bn_axis_name (None or the pmap axis, e.g. 'batch').
+  dtype ('float32' | 'bfloat16'), bn_axis_name (None or the pmap axis, e.g. 'batch'), space_to_depth (False; True
+  folds a 112 input into 56x56x12 before the backbone).
   """
   get = cfg.get
   arch = get('arch', 'ir_50')
@@ -99,4 +117,5 @@ def build_model(cfg) -> FaceModel:
     raise ValueError(f"config.model.input_size {get('input_size')!r} is not 112 or 56")
   return FaceModel(arch=arch, width=float(get('width', 1.0)), embedding_dim=int(get('embedding_dim', 512)),
                    dropout=float(get('dropout', 0.4)), fake_head=get('fake_head', 'features'),
-                   bn_axis_name=get('bn_axis_name', None), dtype=dtype_from_name(get('dtype', 'float32')))
+                   bn_axis_name=get('bn_axis_name', None), dtype=dtype_from_name(get('dtype', 'float32')),
+                   space_to_depth=bool(get('space_to_depth', False)))
