@@ -1,0 +1,162 @@
+r"""Trains several configs on the same data and prints their EERs side by side (the README's baseline table).
+
+    python scripts/compare.py --out runs/compare                       # synthetic data, the five rows
+    python scripts/compare.py --out runs/compare-dev --tfds-dir TFDS   # a prepared dataset (scripts/preprocess.py)
+    python scripts/compare.py --out runs/x --configs default baseline_cnn --set num_epochs=4
+
+Each row is `python -m jaxface.train --config configs/<name>.py --workdir OUT/<name>` in its own process (so a
+crashed or killed row costs only itself, and rerunning the command resumes or reuses finished rows), then the
+row's best checkpoint scored on the dataset's test split with `jaxface.evaluate` (outputs in OUT/<name>/eval).
+
+Columns: the validation EER of the plain cosine and of the fused score (what training selected the checkpoint on),
+the same two on the test pairs, and fake detection on the test pairs: ROC AUC per pair ("does this pair hold a
+generated photo", scored 1 - (1 - p0)(1 - p1)) and per photo where the photo's label is known. Rows without a fake
+head show '-' for detection and fused = cosine. Writes OUT/compare.json and OUT/compare.md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ROWS = ('default', 'baseline_adaface_only', 'baseline_resnet18', 'baseline_cnn', 'baseline_siamese')
+
+
+@dataclasses.dataclass
+class Variant:
+  """One row: a config file plus overrides."""
+  name: str
+  config: str
+  overrides: tuple[str, ...] = ()
+
+
+def config_path(name: str) -> pathlib.Path:
+  path = pathlib.Path(name)
+  if path.suffix == '.py':
+    return path
+  return REPO / 'configs' / f'{name}.py'
+
+
+def train(variant: Variant, workdir: pathlib.Path, data_overrides: list[str]) -> float:
+  """Trains (or resumes, or finds finished) one row; returns the wall time of this call in seconds."""
+  log = workdir.parent / f'{workdir.name}.train.log'
+  workdir.parent.mkdir(parents=True, exist_ok=True)
+  cmd = [sys.executable, '-m', 'jaxface.train', '--config', str(config_path(variant.config)), '--workdir',
+         str(workdir), '--config.progress=false', *data_overrides, *(f'--config.{o}' for o in variant.overrides)]
+  print(f'[{variant.name}] {" ".join(cmd[1:])}  (log: {log})', flush=True)
+  start = time.time()
+  with open(log, 'a') as f:
+    result = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, check=False)
+  if result.returncode != 0:
+    tail = log.read_text().strip().splitlines()[-1:] or ['(no output)']
+    raise SystemExit(f'error: {variant.name}: training failed (exit {result.returncode}): {tail[0]} (see {log})')
+  return time.time() - start
+
+
+def _val_metrics(workdir: pathlib.Path) -> dict:
+  """The best checkpoint's validation metrics, from metrics.jsonl (the row with the lowest fused EER)."""
+  rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  vals = [r for r in rows if 'val_eer_fused' in r]
+  return min(vals, key=lambda r: r['val_eer_fused']) if vals else {}
+
+
+def score(workdir: pathlib.Path) -> dict:
+  """Scores the best checkpoint of a row on its dataset's test split."""
+  from jaxface import checkpoints, evaluate  # pylint: disable=import-outside-toplevel
+
+  config, _, _ = checkpoints.load_inference(workdir)
+  return evaluate.evaluate(workdir, workdir / 'eval', tfds_dir=config.data.tfds_dir, split='test', progress=False)
+
+
+def row_of(variant: Variant, workdir: pathlib.Path, seconds: float) -> dict:
+  from jaxface import checkpoints  # pylint: disable=import-outside-toplevel
+
+  config, _, _ = checkpoints.load_inference(workdir)
+  val = _val_metrics(workdir)
+  test = score(workdir)
+  has_head = config.model.fake_head != 'none' and config.loss.fake_weight > 0
+  return {
+      'name': variant.name,
+      'config': str(config_path(variant.config).relative_to(REPO)) if config_path(variant.config).is_relative_to(REPO)
+                else variant.config,
+      'overrides': list(variant.overrides),
+      'arch': config.model.arch,
+      'val_eer_cosine': val.get('val_eer_identity'),
+      'val_eer_fused': val.get('val_eer_fused') if has_head else val.get('val_eer_identity'),
+      'test_eer_cosine': test.get('cosine', {}).get('eer'),
+      'test_eer_fused': test.get('fused', {}).get('eer') if has_head else test.get('cosine', {}).get('eer'),
+      'test_eer_by_kind_fused': test.get('fused', {}).get('eer_by_kind'),
+      'fake_auc_pair': test.get('fake_detection_pair', {}).get('auc') if has_head else None,
+      'fake_auc_image': test.get('fake_detection_image', {}).get('auc') if has_head else None,
+      'test_pairs': test.get('labelled_pairs'),
+      'train_seconds': round(seconds, 1),
+  }
+
+
+def _fmt(value) -> str:
+  return '-' if value is None else f'{value:.3f}'
+
+
+def markdown(rows: list[dict]) -> str:
+  lines = ['| row | arch | val EER cosine | val EER fused | test EER cosine | test EER fused | fake AUC (pair) '
+           '| fake AUC (photo) |',
+           '|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    lines.append(f'| {r["name"]} | {r["arch"]} | {_fmt(r["val_eer_cosine"])} | {_fmt(r["val_eer_fused"])} | '
+                 f'{_fmt(r["test_eer_cosine"])} | {_fmt(r["test_eer_fused"])} | {_fmt(r["fake_auc_pair"])} | '
+                 f'{_fmt(r["fake_auc_image"])} |')
+  return '\n'.join(lines)
+
+
+def run(variants: list[Variant], out: pathlib.Path, tfds_dir: str | None) -> list[dict]:
+  """Trains and scores every variant into `out`; returns the rows and writes compare.json / compare.md."""
+  data = [] if not tfds_dir else ['--config.data.source=tfds', f'--config.data.tfds_dir={tfds_dir}']
+  rows = []
+  for variant in variants:
+    workdir = out / variant.name
+    seconds = train(variant, workdir, data)
+    rows.append(row_of(variant, workdir, seconds))
+    print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+  (out / 'compare.json').write_text(json.dumps(rows, indent=2))
+  table = markdown(rows)
+  (out / 'compare.md').write_text(table + '\n')
+  return rows
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--out', required=True, help='folder for the runs (OUT/<row>) and the table')
+  parser.add_argument('--tfds-dir', default=None, help='a prepared jaxface_faces dataset (default: synthetic data)')
+  parser.add_argument('--configs', nargs='+', default=list(ROWS), help='config names in configs/ or .py paths')
+  parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                      help='a config override for every row (repeatable), e.g. --set num_epochs=4')
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args.tfds_dir and not (pathlib.Path(args.tfds_dir) / 'jaxface_faces').is_dir():
+    print(f'error: {args.tfds_dir}: no jaxface_faces dataset here (write one with scripts/preprocess.py)',
+          file=sys.stderr)
+    return 2
+  for name in args.configs:
+    if not config_path(name).is_file():
+      print(f'error: {config_path(name)}: config not found (names are files in configs/ without .py)',
+            file=sys.stderr)
+      return 2
+  variants = [Variant(pathlib.Path(n).stem, n, tuple(args.set)) for n in args.configs]
+  rows = run(variants, pathlib.Path(args.out), args.tfds_dir)
+  print(markdown(rows))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
