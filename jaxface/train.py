@@ -173,6 +173,13 @@ def load_builder(config: ml_collections.ConfigDict):
     raise ConfigError(f'{tfds_dir}: no prepared jaxface_faces dataset here (run scripts/preprocess.py --data-dir '
                       f'CHALLENGE_DIR --out {tfds_dir} first)')
   config.data.tfds_dir = tfds_dir
+  # Evaluation and verification align raw photos the way this dataset was aligned: take it from the dataset, not from
+  # the config's default (a 'none'-aligned model fed MTCNN crops, or the reverse, scores far worse).
+  aligned = builder_lib.aligner_settings(builder)
+  if aligned.get('name') and aligned['name'] != config.data.aligner:
+    log.info('The dataset was aligned with %r: evaluation will align raw photos the same way', aligned['name'])
+    config.data.aligner = aligned['name']
+    config.data.aligner_path = aligned.get('path') or ''
   return builder
 
 

@@ -200,3 +200,21 @@ def test_training_learns_identity_and_fakes(tmp_path, cache):
   assert fused < 0.4
   assert fused < identity
   assert (workdir / 'best').is_dir() and (workdir / 'metrics.jsonl').is_file()
+
+
+def test_run_records_the_aligner_its_dataset_was_aligned_with(tmp_path, monkeypatch):
+  """A model trained on MTCNN-aligned TFRecords must be evaluated on MTCNN-aligned photos, whatever the config said."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  class Prepared:
+    info = type('Info', (), {'metadata': {'aligner': {'name': 'mtcnn', 'path': None}, 'num_classes': 3}})()
+
+    def is_prepared(self):
+      return True
+
+  (tmp_path / 'jaxface_faces').mkdir()
+  monkeypatch.setattr(tfds, 'builder', lambda name, data_dir: Prepared())
+  config = train.load_config(DEFAULT, ['--config.data.source=tfds', f'--config.data.tfds_dir={tmp_path}'])
+  assert config.data.aligner == 'none'
+  train.load_builder(config)
+  assert config.data.aligner == 'mtcnn' and config.data.aligner_path == ''
