@@ -45,9 +45,9 @@ def main(argv=None) -> int:
   rows = compare.run(variants, pathlib.Path(args.out), args.tfds_dir)
   print()
   for row in rows:
-    print(f'{row["name"]:>22}: fake-detection AUC on the test pairs {compare._fmt(row["fake_auc_pair"])} per pair, '  # pylint: disable=protected-access
-          f'{compare._fmt(row["fake_auc_image"])} per photo; test EER fused {compare._fmt(row["test_eer_fused"])}, '  # pylint: disable=protected-access
-          f'cosine {compare._fmt(row["test_eer_cosine"])}')
+    print(f'{row["name"]:>22}: fake-detection AUC on the test pairs {compare.fmt(row["fake_auc_pair"])} per pair, '
+          f'{compare.fmt(row["fake_auc_image"])} per photo; test EER fused {compare.fmt(row["test_eer_fused"])}, '
+          f'cosine {compare.fmt(row["test_eer_cosine"])}')
   return 0
 
 

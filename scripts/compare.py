@@ -101,7 +101,7 @@ def row_of(variant: Variant, workdir: pathlib.Path, seconds: float) -> dict:
   }
 
 
-def _fmt(value) -> str:
+def fmt(value) -> str:
   return '-' if value is None else f'{value:.3f}'
 
 
@@ -110,9 +110,9 @@ def markdown(rows: list[dict]) -> str:
            '| fake AUC (photo) |',
            '|---|---|---|---|---|---|---|---|']
   for r in rows:
-    lines.append(f'| {r["name"]} | {r["arch"]} | {_fmt(r["val_eer_cosine"])} | {_fmt(r["val_eer_fused"])} | '
-                 f'{_fmt(r["test_eer_cosine"])} | {_fmt(r["test_eer_fused"])} | {_fmt(r["fake_auc_pair"])} | '
-                 f'{_fmt(r["fake_auc_image"])} |')
+    lines.append(f'| {r["name"]} | {r["arch"]} | {fmt(r["val_eer_cosine"])} | {fmt(r["val_eer_fused"])} | '
+                 f'{fmt(r["test_eer_cosine"])} | {fmt(r["test_eer_fused"])} | {fmt(r["fake_auc_pair"])} | '
+                 f'{fmt(r["fake_auc_image"])} |')
   return '\n'.join(lines)
 
 
