@@ -33,9 +33,7 @@ def main(argv=None) -> int:
   parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                       help='a config override for both rows (repeatable)')
   args = parser.parse_args(argv)
-  if not (pathlib.Path(args.tfds_dir) / 'jaxface_faces').is_dir():
-    print(f'error: {args.tfds_dir}: no jaxface_faces dataset here (write one with scripts/preprocess.py)',
-          file=sys.stderr)
+  if not compare.dataset_present(args.tfds_dir):
     return 2
   common = tuple(args.set)
   variants = [

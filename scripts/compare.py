@@ -68,25 +68,18 @@ def _val_metrics(workdir: pathlib.Path) -> dict:
   return min(vals, key=lambda r: r['val_eer_fused']) if vals else {}
 
 
-def score(workdir: pathlib.Path) -> dict:
-  """Scores the best checkpoint of a row on its dataset's test split."""
+def row_of(variant: Variant, workdir: pathlib.Path, seconds: float) -> dict:
+  """One row: the best checkpoint's validation metrics and its scores on the dataset's test split."""
   from jaxface import checkpoints, evaluate  # pylint: disable=import-outside-toplevel
 
-  config, _, _ = checkpoints.load_inference(workdir)
-  return evaluate.evaluate(workdir, workdir / 'eval', tfds_dir=config.data.tfds_dir, split='test', progress=False)
-
-
-def row_of(variant: Variant, workdir: pathlib.Path, seconds: float) -> dict:
-  from jaxface import checkpoints  # pylint: disable=import-outside-toplevel
-
-  config, _, _ = checkpoints.load_inference(workdir)
+  config = checkpoints.load_config(workdir)
   val = _val_metrics(workdir)
-  test = score(workdir)
+  test = evaluate.evaluate(workdir, workdir / 'eval', tfds_dir=config.data.tfds_dir, split='test', progress=False)
   has_head = config.model.fake_head != 'none' and config.loss.fake_weight > 0
+  path = config_path(variant.config)
   return {
       'name': variant.name,
-      'config': str(config_path(variant.config).relative_to(REPO)) if config_path(variant.config).is_relative_to(REPO)
-                else variant.config,
+      'config': str(path.relative_to(REPO)) if path.is_relative_to(REPO) else variant.config,
       'overrides': list(variant.overrides),
       'arch': config.model.arch,
       'val_eer_cosine': val.get('val_eer_identity'),
@@ -99,6 +92,14 @@ def row_of(variant: Variant, workdir: pathlib.Path, seconds: float) -> dict:
       'test_pairs': test.get('labelled_pairs'),
       'train_seconds': round(seconds, 1),
   }
+
+
+def dataset_present(tfds_dir: str) -> bool:
+  """True when `tfds_dir` holds a jaxface_faces dataset; otherwise says so in one line on stderr."""
+  if (pathlib.Path(tfds_dir) / 'jaxface_faces').is_dir():
+    return True
+  print(f'error: {tfds_dir}: no jaxface_faces dataset here (write one with scripts/preprocess.py)', file=sys.stderr)
+  return False
 
 
 def fmt(value) -> str:
@@ -143,9 +144,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  if args.tfds_dir and not (pathlib.Path(args.tfds_dir) / 'jaxface_faces').is_dir():
-    print(f'error: {args.tfds_dir}: no jaxface_faces dataset here (write one with scripts/preprocess.py)',
-          file=sys.stderr)
+  if args.tfds_dir and not dataset_present(args.tfds_dir):
     return 2
   for name in args.configs:
     if not config_path(name).is_file():
