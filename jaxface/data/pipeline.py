@@ -24,7 +24,11 @@ their natural frequency. `pseudo_fakes.share` is always a share of the whole bat
 fills their share with pseudo-fakes.
 
 Augmentations that erase fake traces. Blur, downscaling and JPEG re-compression remove the high-frequency traces
-(blending seams, checkerboard and spectral patterns) a detector relies on. We apply them to fakes with the same
+(blending seams, checkerboard and spectral patterns) a detector relies on, and so does any geometric augmentation that
+resamples the image (scale, rotation, sub-pixel shift: bilinear interpolation is a low-pass filter). Measured on the
+synthetic data at 112x112 with a hand-made 2x2 checkerboard detector (AUC over all photos, 0.68 with no augmentation):
+scale-and-rotate on every photo 0.51, blur 0.56, downscale 0.58, JPEG 0.68, flip and colour 0.68-0.73. So translation
+is done in whole pixels (`augment.shift`), and the resampling `crop_scale` is kept rare. We apply them to fakes with the same
 probability as to real photos by default (`augment.fake_degrade_scale = 1.0`): with lower probability for fakes the
 model would learn the shortcut "sharp and clean -> fake", which flags clean real photos at test time, and test photos
 are JPEGs anyway. To keep most traces visible, the strengths stay mild (JPEG quality >= 60, blur sigma <= 1.2 px,
@@ -73,9 +77,10 @@ def default_data_config() -> ml_collections.ConfigDict:
 
   a = c.augment = ml_collections.ConfigDict()
   a.flip = 0.5
-  a.crop_scale = 0.5
+  a.shift = 0.5            # whole-pixel shift, no resampling: keeps fake traces
+  a.crop_scale = 0.2       # scale, shift and rotate with bilinear resampling: blurs 1-2 pixel traces, so rarer
   a.max_scale = 0.08       # scale in [1 - max_scale, 1 + max_scale]
-  a.max_shift = 0.05       # shift up to this fraction of the image side
+  a.max_shift = 0.05       # shift up to this fraction of the image side (both shifts)
   a.max_angle = 5.0        # degrees
   a.color = 0.5
   a.brightness = 0.12      # additive, fraction of full range
@@ -307,6 +312,13 @@ def augment(image: tf.Tensor, seed: tf.Tensor, aug: ml_collections.ConfigDict, i
   x = tf.cast(image, tf.float32)
   x = _maybe(u[0], aug.flip, lambda im: tf.reverse(im, [1]), x)
 
+  def shift(im):
+    # Whole pixels, reflected at the border: no resampling, so 1-2 pixel traces survive intact.
+    m = max(1, int(round(aug.max_shift * size)))
+    offset = tf.random.stateless_uniform([2], s[11], 0, 2 * m + 1, dtype=tf.int32)
+    padded = tf.pad(im, [[m, m], [m, m], [0, 0]], mode='REFLECT')
+    return tf.ensure_shape(tf.slice(padded, [offset[0], offset[1], 0], [size, size, 3]), [size, size, 3])
+
   def crop_scale(im):
     zoom = tf.random.stateless_uniform([], s[1], 1.0 - aug.max_scale, 1.0 + aug.max_scale)
     shift = tf.random.stateless_uniform([2], s[2], -aug.max_shift, aug.max_shift) * size
@@ -337,6 +349,7 @@ def augment(image: tf.Tensor, seed: tf.Tensor, aug: ml_collections.ConfigDict, i
     encoded = tf.cast(tf.clip_by_value(tf.round(im), 0, 255), tf.uint8)
     return tf.cast(tf.ensure_shape(tf.image.adjust_jpeg_quality(encoded, quality), [size, size, 3]), tf.float32)
 
+  x = _maybe(u[6], aug.shift, shift, x)
   x = _maybe(u[1], aug.crop_scale, crop_scale, x)
   x = _maybe(u[2], aug.color, colour, x)
   x = _maybe(u[3], aug.blur * degrade, blur, x)
