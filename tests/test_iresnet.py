@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxface.models.face_model import ARCHS, FaceModel, build_model
-from jaxface.models.iresnet import IR_UNITS, IResNet, official_param_count, shortcut_conv_units
+from jaxface.models.face_model import ARCHS, FaceModel, build_model, high_pass
+from jaxface.models.iresnet import IR_UNITS, IResNet, official_param_count, scaled_channels, shortcut_conv_units
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
@@ -61,7 +61,8 @@ def test_layout_shortcuts_stages_and_output():
   (embedding, stages), _ = small
   assert embedding.shape == (3, 512)
   assert {k: v.shape for k, v in stages.items()} == {
-      'stage1': (3, 28, 28, 16), 'stage2': (3, 14, 14, 32), 'stage3': (3, 7, 7, 64), 'stage4': (3, 4, 4, 128)}
+      'stem': (3, 56, 56, 16), 'stage1': (3, 28, 28, 16), 'stage2': (3, 14, 14, 32), 'stage3': (3, 7, 7, 64),
+      'stage4': (3, 4, 4, 128)}
 
 
 def compile_fast(fn, *args):
@@ -79,7 +80,7 @@ def train_loss(model, params, batch_stats, images, rng):
 @pytest.mark.parametrize('arch', ARCHS)
 def test_forward_and_backward_trace_under_jit(arch):
   """Every backbone, at width 1/8 and 56x56, traces a jitted training-mode forward + backward (shapes only)."""
-  model = build_model({'arch': arch, 'width': 0.125, 'input_size': 56, 'fake_head': 'features'})
+  model = build_model({'arch': arch, 'width': 0.125, 'input_size': 56, 'fake_head': 'traces'})
   images = jax.ShapeDtypeStruct((2, 56, 56, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), images)
   step = jax.jit(jax.grad(functools.partial(train_loss, model), has_aux=True))
@@ -90,10 +91,45 @@ def test_forward_and_backward_trace_under_jit(arch):
   assert jax.tree.leaves(grads['backbone'])[0].dtype == jnp.float32
 
 
+def test_high_pass_cancels_flat_content_and_keeps_a_checkerboard():
+  flat = jnp.full((1, 8, 8, 3), 0.7)
+  np.testing.assert_allclose(high_pass(flat), 0.0, atol=1e-6)
+  checker = jnp.asarray((-1.0) ** (np.arange(8)[:, None] + np.arange(8)[None, :]))[None, :, :, None]
+  # Inside, a 3x3 window holds 5 of the centre's sign and 4 of the other: local mean 1/9 of it, residual 8/9.
+  np.testing.assert_allclose(high_pass(checker)[0, 1:-1, 1:-1], checker[0, 1:-1, 1:-1] * 8 / 9, atol=1e-6)
+
+
+def test_traces_head_reads_the_folded_noise_residual():
+  model = build_model({'arch': 'ir_18', 'width': 0.125, 'input_size': 112, 'space_to_depth': True})
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, 112, 112, 3))))
+  head = variables['params']['fake_head']
+  assert variables['batch_stats']['fake_head']['residual_bn']['mean'].shape == (12,)  # 2x2 x RGB, folded
+  stem = scaled_channels(64, 0.125)
+  assert head['trace_conv0']['kernel'].shape == (3, 3, 12 + stem, 32)
+
+
+@pytest.mark.parametrize('mode', ['features', 'embedding', 'none'])
+def test_other_fake_head_modes_trace(mode):
+  model = build_model({'arch': 'ir_18', 'width': 0.125, 'input_size': 56, 'fake_head': mode})
+  out, variables = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), jnp.zeros((2, 56, 56, 3))))
+  assert out['fake_logit'].shape == (2,)
+  assert ('fake_head' in variables['params']) == (mode != 'none')
+  if mode == 'features':
+    assert 'trace_conv' in variables['params']['fake_head']
+
+
+def test_unknown_fake_head_mode_is_one_clear_error():
+  model = build_model({'arch': 'ir_18', 'width': 0.125, 'input_size': 56, 'fake_head': 'spectral'})
+  with pytest.raises(ValueError, match="'spectral'.*'traces'"):
+    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, 56, 56, 3))))
+
+
 def test_tiny_model_trains_one_real_step():
-  """A real compiled forward + backward of a tiny IR-18 FaceModel with the feature-map fake head."""
-  model = build_model({'arch': 'ir_18', 'width': 0.125, 'input_size': 56, 'fake_head': 'features'})
-  images = jax.random.uniform(jax.random.PRNGKey(2), (4, 56, 56, 3), minval=-1, maxval=1)
+  """A real compiled forward + backward of a tiny IR-18 FaceModel as the default config builds it: 112x112 folded to
+  56x56x12, the 'traces' fake head on the stem output."""
+  model = build_model({'arch': 'ir_18', 'width': 0.125, 'input_size': 112, 'fake_head': 'traces',
+                       'space_to_depth': True})
+  images = jax.random.uniform(jax.random.PRNGKey(2), (4, 112, 112, 3), minval=-1, maxval=1)
   variables = compile_fast(model.init, jax.random.PRNGKey(0), images)(jax.random.PRNGKey(0), images)
   params, stats = variables['params'], variables['batch_stats']
   np.testing.assert_array_equal(params['backbone']['body_0']['prelu']['alpha'], 0.25)
@@ -104,7 +140,7 @@ def test_tiny_model_trains_one_real_step():
   flat = flax.traverse_util.flatten_dict(grads, sep='/')
   assert all(np.all(np.isfinite(g)) for g in flat.values())
   for name in ('backbone/stem_conv/kernel', 'backbone/body_7/conv2/kernel', 'backbone/output/output_dense/kernel',
-               'fake_head/trace_conv/kernel', 'fake_head/logit/kernel'):
+               'fake_head/trace_conv0/kernel', 'fake_head/trace_conv1/kernel', 'fake_head/logit/kernel'):
     assert np.abs(flat[name]).max() > 0, name
   old, new = stats['backbone']['stem_bn']['mean'], new_stats['backbone']['stem_bn']['mean']
   assert np.abs(np.asarray(new) - np.asarray(old)).max() > 1e-4  # running statistics moved

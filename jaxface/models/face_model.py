@@ -9,15 +9,20 @@ The AdaFace class weights are not part of FaceModel: they live in `jaxface.model
 trainer owns next to the model, so inference and checkpoints for verification need no class weights. Pretrained
 backbones from `jaxface.convert.load_converted` graft in at `params['backbone']` and `batch_stats['backbone']`.
 
-What the fake head sees ('features', the default): the stage-1 (S/2, 64 channels) and stage-2 (S/4, 128 channels)
-feature maps as well as the normalised embedding. Generation traces (blending seams, up-sampling checkerboards, colour
-and noise statistics) are low-level, and an embedding trained by AdaFace to ignore nuisances such as blur, lighting and
-compression is trained to ignore exactly these too; the early maps still hold them. A conv3x3-BN-ReLU on the stage-1
-map learns trace filters of its own, then mean+std pooling (std keeps the energy of high-frequency residue) of that and
-of the stage-2 map, the embedding, LayerNorm and a 2-layer MLP give one logit. The fake loss's gradient flows into the
-backbone's stem and first two stages (they learn to keep traces) but is stopped at the embedding, which stays shaped
-by the identity and push-away losses only. 'embedding' reads the embedding alone (cheaper, weaker on traces); 'none'
-returns a zero logit.
+What the fake head sees ('traces', the default): the photo's noise residual (the photo minus its 3x3 local mean, a
+fixed high-pass filter in the spirit of forensic SRM filters), the stem's full-resolution map and the stage-2 (S/4)
+map, as well as the normalised embedding. Generation traces (blending seams, up-sampling checkerboards, missing skin
+texture, noise statistics) are low-level, and an embedding trained by AdaFace to ignore nuisances such as blur,
+lighting and compression is trained to ignore exactly these too; the early maps still hold them, and the residual
+holds them whatever the identity loss does to the stem. Two conv3x3-BN-ReLU on the residual and the stem map learn
+trace filters of their own; the plain mean of the first one's linear responses is kept (content cancels, a periodic
+pattern adds up); their responses are pooled over the face (mean and std: std keeps the energy of high-frequency
+residue) and over a 4x4 grid of face regions (a seam or smoothed skin sits in the inner face), then with the pooled
+stage-2 map and the embedding go through LayerNorm and a 2-layer MLP to one logit. The fake loss's gradient flows into
+the backbone's stem and first two stages (they learn to keep traces) but is stopped at the embedding, which stays
+shaped by the identity and push-away losses only. 'features' reads the half-resolution stage-1 map instead of the stem
+and no residual (on the synthetic fakes it stayed at chance); 'embedding' reads the embedding alone (cheaper, weaker
+on traces); 'none' returns a zero logit.
 
 `space_to_depth` (CPU-sized models): the 112x112 face is folded into a 56x56 map of 12 channels (each 2x2 pixel
 block becomes one position) before the backbone, so the network runs at the cost of a 56x56 model but still sees every
@@ -63,7 +68,7 @@ class FaceModel(nn.Module):
   width: float = 1.0
   embedding_dim: int = 512
   dropout: float = 0.4
-  fake_head: str = 'features'
+  fake_head: str = 'traces'
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   space_to_depth: bool = False
@@ -81,15 +86,30 @@ class FaceModel(nn.Module):
     """
     backbone = build_backbone(self.arch, self.width, self.embedding_dim, self.dropout, self.bn_axis_name, self.dtype,
                               name='backbone')
+    # Noise residual for the trace head: the photo minus its 3x3 local mean, a fixed high-pass filter (as forensic
+    # detectors' SRM filters): face content mostly cancels, generator traces (checkerboards, periodic patterns,
+    # missing sensor noise) are what is left.
+    residual = high_pass(images.astype(jnp.float32)) if self.fake_head == 'traces' else None
     if self.space_to_depth:
       images = fold_pixels(images)
+      residual = None if residual is None else fold_pixels(residual)
     embedding, stages = backbone(images, train=train)
+    if residual is not None:
+      stages = {**stages, 'residual': residual}
     if self.fake_head == 'none':
       fake_logit = jnp.zeros(embedding.shape[:1], jnp.float32)
     else:
       fake_logit = FakeHead(self.fake_head, train=train, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
                             name='fake_head')(embedding, stages)
     return {'embedding': embedding.astype(jnp.float32), 'fake_logit': fake_logit.astype(jnp.float32)}
+
+
+def high_pass(images: jax.Array) -> jax.Array:
+  """(B, H, W, C) -> the same minus its 3x3 box mean (edge-replicated), per channel."""
+  padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='edge')
+  h, w = images.shape[1:3]
+  local = sum(padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9.0
+  return images - local
 
 
 def fold_pixels(images: jax.Array, block: int = 2) -> jax.Array:
@@ -105,7 +125,7 @@ def build_model(cfg) -> FaceModel:
   """FaceModel from `config.model` (ml_collections.ConfigDict or dict).
 
   Fields: arch, width (1.0 = official), input_size (112 | 56; the model adapts to the input, the field is for the data
-  and the converter), embedding_dim (512), dropout (0.4), fake_head ('features' | 'embedding' | 'none'),
+  and the converter), embedding_dim (512), dropout (0.4), fake_head ('traces' | 'features' | 'embedding' | 'none'),
   dtype ('float32' | 'bfloat16'), bn_axis_name (None or the pmap axis, e.g. 'batch'), space_to_depth (False; True
   folds a 112 input into 56x56x12 before the backbone).
   """
@@ -116,6 +136,6 @@ def build_model(cfg) -> FaceModel:
   if get('input_size', 112) not in (112, 56):
     raise ValueError(f"config.model.input_size {get('input_size')!r} is not 112 or 56")
   return FaceModel(arch=arch, width=float(get('width', 1.0)), embedding_dim=int(get('embedding_dim', 512)),
-                   dropout=float(get('dropout', 0.4)), fake_head=get('fake_head', 'features'),
+                   dropout=float(get('dropout', 0.4)), fake_head=get('fake_head', 'traces'),
                    bn_axis_name=get('bn_axis_name', None), dtype=dtype_from_name(get('dtype', 'float32')),
                    space_to_depth=bool(get('space_to_depth', False)))

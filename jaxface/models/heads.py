@@ -45,11 +45,18 @@ def mean_std_pool(feature_map: jax.Array) -> jax.Array:
 class FakeHead(nn.Module):
   """Deepfake head: one logit per image, positive = fake.
 
-  mode 'features': a conv3x3-BN-ReLU on the stage-1 map (full-resolution traces the identity layers may discard),
-  mean+std pooling of that and of the stage-2 map, concatenated with the L2-normalised embedding (gradient stopped),
-  LayerNorm, MLP -> 1. mode 'embedding': the same MLP on the normalised embedding alone.
+  mode 'traces' (the default): two conv3x3-BN-ReLU (stride 1, then 2) on the stem output, the backbone's
+  full-resolution map, next to the photo's noise residual (`face_model.high_pass`, folded like the input; 'residual'
+  in stages), pooled four ways: the plain mean of the first convolution's
+  linear responses (content cancels, a periodic pattern adds up), mean+std over the face after ReLU (std keeps the
+  energy of high-frequency residue), the mean over a 4x4 grid of face regions (a seam or over-smoothed skin is
+  confined to the inner face and stands out against the border), and mean+std of the stage-2 map; concatenated with
+  the L2-normalised embedding (gradient stopped), LayerNorm, MLP -> 1.
+  mode 'features': one conv3x3-BN-ReLU on the stage-1 map (half resolution), mean+std pooled, with the stage-2 map and
+  the embedding as above. On the synthetic fakes it stayed at chance where 'traces' learned (see configs/default.py).
+  mode 'embedding': the same MLP on the normalised embedding alone.
   """
-  mode: str = 'features'
+  mode: str = 'traces'
   hidden: int = 256
   trace_channels: int = 64
   train: bool = False
@@ -58,7 +65,7 @@ class FakeHead(nn.Module):
 
   @nn.compact
   def __call__(self, embedding: jax.Array, stages: dict[str, jax.Array]) -> jax.Array:
-    """embedding (B, D), stages {'stage1': (B, h1, w1, c1), 'stage2': (B, h2, w2, c2), ...} -> (B,) float32 logit."""
+    """embedding (B, D), stages {'stem', 'residual' (optional), 'stage1', 'stage2', ...} (B, h, w, c) -> (B,) logit."""
     # The identity embedding must not be bent to serve fake detection; the fake head reads it, the push-away loss and
     # the identity loss shape it.
     parts = [jax.lax.stop_gradient(l2_normalize(embedding.astype(jnp.float32)))]
@@ -66,8 +73,29 @@ class FakeHead(nn.Module):
       trace = Conv(self.trace_channels, 3, 1, 1, dtype=self.dtype, name='trace_conv')(stages['stage1'])
       trace = nn.relu(batch_norm(self.train, self.bn_axis_name, self.dtype, name='trace_bn')(trace))
       parts += [mean_std_pool(trace), mean_std_pool(stages['stage2'])]
+    elif self.mode == 'traces':
+      # Full-resolution trace branch on the stem output: two convolutions, then the energy of the responses pooled
+      # globally (mean and std) and over a 4x4 grid of face regions, so that a trace confined to the inner face
+      # (a seam, over-smoothed skin) stands out against the rest of the photo.
+      t = stages['stem']
+      if 'residual' in stages and stages['residual'].shape[1:3] == t.shape[1:3]:
+        # The photo's noise residual as well: the stem is shaped by the identity loss too, which smooths traces away.
+        # BatchNorm brings it (a few hundredths in [-1, 1] units) to the stem's scale.
+        residual = batch_norm(self.train, self.bn_axis_name, self.dtype, name='residual_bn')(stages['residual'])
+        t = jnp.concatenate([residual.astype(t.dtype), t], axis=-1)
+      for k, stride in enumerate((1, 2)):
+        t = Conv(self.trace_channels // 2, 3, stride, 1, dtype=self.dtype, name=f'trace_conv{k}')(t)
+        if k == 0:
+          # The plain mean of the linear filter responses: image content averages out, a periodic generator pattern
+          # (an up-sampling checkerboard, which space_to_depth folds into a constant) adds up. After ReLU it would not.
+          parts.append(jnp.mean(t.astype(jnp.float32), axis=(1, 2)))
+        t = nn.relu(batch_norm(self.train, self.bn_axis_name, self.dtype, name=f'trace_bn{k}')(t))
+      t = t.astype(jnp.float32)
+      b, h, w, c = t.shape
+      grid = t[:, :h - h % 4, :w - w % 4].reshape(b, 4, (h - h % 4) // 4, 4, (w - w % 4) // 4, c).mean(axis=(2, 4))
+      parts += [mean_std_pool(t), grid.reshape(b, -1), mean_std_pool(stages['stage2'])]
     elif self.mode != 'embedding':
-      raise ValueError(f"fake head mode {self.mode!r} is not 'features' or 'embedding'")
+      raise ValueError(f"fake head mode {self.mode!r} is not 'traces', 'features' or 'embedding'")
     x = nn.LayerNorm(name='norm')(jnp.concatenate(parts, axis=-1))
     x = nn.relu(nn.Dense(self.hidden, name='hidden')(x))
     return nn.Dense(1, name='logit')(x)[:, 0]

@@ -121,14 +121,14 @@ class IResNet(nn.Module):
       train: batch statistics, BN updates and dropout on.
 
     Returns:
-      embedding (B, embedding_dim) float32, un-normalised; and stage outputs {'stage1': (B, S/2, S/2, 64w), 'stage2':
+      embedding (B, embedding_dim) float32, un-normalised; and stage outputs {'stem': (B, S, S, 64w), 'stage1': (B, S/2, S/2, 64w), 'stage2':
       (B, S/4, S/4, 128w), 'stage3', 'stage4'} for heads that look at low-level traces.
     """
     x = images.astype(self.dtype)
     x = Conv(scaled_channels(64, self.width), 3, 1, 1, dtype=self.dtype, name='stem_conv')(x)
     x = batch_norm(train, self.bn_axis_name, self.dtype, name='stem_bn')(x)
     x = PReLU(name='stem_prelu')(x)
-    stages = {}
+    stages = {'stem': x}
     index = 0
     for stage, (count, channels) in enumerate(zip(self.units, STAGE_CHANNELS)):
       for k in range(count):
