@@ -20,13 +20,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.arch = 'ir_18'
   config.model.width = 0.25
-  config.model.input_size = 56
+  config.model.input_size = 112
   config.model.embedding_dim = 512
   config.model.dropout = 0.0
-  config.model.fake_head = 'features'
+  config.model.fake_head = 'traces'
   config.model.dtype = 'float32'
   config.model.bn_axis_name = 'batch'
-  config.model.space_to_depth = False
+  config.model.space_to_depth = True
 
   # ------------------------------------------------------------------------------------------------------------- data
   from jaxface.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -73,6 +73,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.decay_epochs = (12, 20, 24)
   config.optim.step_factor = 0.1
   config.optim.backbone_lr_mult = 1.0
+  config.optim.fake_head_lr = 1e-3  # > 0: the fake head trains with its own AdamW at this peak rate
+  config.optim.fake_head_weight_decay = 1e-4
   config.optim.grad_clip = 5.0
 
   # ----------------------------------------------------------------------------------------------------------- losses

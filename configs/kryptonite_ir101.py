@@ -19,6 +19,7 @@ def get_config():
   config.model.arch = 'ir_101'
   config.model.width = 1.0
   config.model.input_size = 112
+  config.model.space_to_depth = False  # the pretrained stem reads 3 channels
   config.model.dropout = 0.4
   config.model.dtype = 'bfloat16'
   config.data.source = 'tfds'
