@@ -3,9 +3,15 @@ r"""The CPU demo: a small two-head model on synthetic challenge data, end to end
   python -m jaxface.train                      # same as --config configs/default.py --workdir workdir/default
 
 Generates synthetic challenge-layout data on first use (cached under ~/.cache/jaxface, or $JAXFACE_CACHE), aligns it
-with the 'none' aligner into a TFDS dataset, trains a quarter-width IR-18 on 56x56 faces with the AdaFace identity head
-and the deepfake head, and prints the validation EERs. On a 2-core CPU it finishes in under 10 minutes; it should reach
-a fused validation EER well below the identity-only cosine's (the own-fake pairs fool the cosine, not the fake head).
+with the 'none' aligner into a TFDS dataset, trains a quarter-width IR-18 with the AdaFace identity head and the
+'traces' deepfake head, and prints the validation EERs. Faces stay 112x112 and are folded to 56x56x12
+(space_to_depth): the network costs what a 56x56 model costs, but the 1-2 pixel generator traces that a resize to 56
+would average away survive. The fake head trains with its own AdamW (optim.fake_head_lr): with AdaFace's SGD and
+clipping it did not move.
+
+What it reaches (measured 2026-11-29 on 2 CPU cores, cached data, 6m48s): validation EER identity-only 0.208, fused
+0.132; the fake head finds the fakes of unseen people with a fake-in-pair AUC of 0.79 (0.54 before the changes
+above).
 
 Every other config starts from this one and overrides what differs.
 """
