@@ -235,16 +235,17 @@ def make_optimizer(config: ml_collections.ConfigDict, lr_fn: Callable) -> optax.
       return optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
     raise ConfigError(f'config.optim.name={o.name!r}: expected sgd or adamw')
 
-  def labels(params):
+  def by_module(module: str, inside: str, outside: str) -> Callable:
+    """Labels params['model'][module]'s leaves `inside`, every other leaf `outside` (for optax.multi_transform)."""
     def label(path, _):
-      keys = [str(getattr(k, 'key', k)) for k in path]
-      return 'backbone' if keys[:2] == ['model', 'backbone'] else 'rest'
-    return jax.tree_util.tree_map_with_path(label, params)
+      return inside if [str(getattr(k, 'key', k)) for k in path[:2]] == ['model', module] else outside
+    return lambda params: jax.tree_util.tree_map_with_path(label, params)
 
   def clipped(t: optax.GradientTransformation) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(o.grad_clip), t) if o.grad_clip else t
 
-  tx = clipped(optax.multi_transform({'backbone': one(o.backbone_lr_mult), 'rest': one(1.0)}, labels))
+  tx = clipped(optax.multi_transform({'backbone': one(o.backbone_lr_mult), 'rest': one(1.0)},
+                                     by_module('backbone', 'backbone', 'rest')))
   if not o.fake_head_lr:
     return tx
   # The fake head gets an AdamW of its own, on the same schedule, clipped on its own. Its BCE gradients are orders of
@@ -253,14 +254,7 @@ def make_optimizer(config: ml_collections.ConfigDict, lr_fn: Callable) -> optax.
   ratio = o.fake_head_lr / o.learning_rate
   fake = clipped(optax.adamw(lambda step: lr_fn(step) * ratio, b1=o.b1, b2=o.b2,
                              weight_decay=o.fake_head_weight_decay, mask=decay_mask))
-
-  def parts(params):
-    def part(path, _):
-      keys = [str(getattr(k, 'key', k)) for k in path]
-      return 'fake_head' if keys[:2] == ['model', 'fake_head'] else 'shared'
-    return jax.tree_util.tree_map_with_path(part, params)
-
-  return optax.multi_transform({'fake_head': fake, 'shared': tx}, parts)
+  return optax.multi_transform({'fake_head': fake, 'shared': tx}, by_module('fake_head', 'fake_head', 'shared'))
 
 
 def init_variables(model, head, config: ml_collections.ConfigDict, rng: jax.Array) -> tuple[dict, dict]:
