@@ -120,7 +120,7 @@ lr_fn = train.learning_rate_schedule(config, 10, 100)
 tx = train.make_optimizer(config, lr_fn)
 state = train.create_train_state(model, head, tx, config, jax.random.PRNGKey(0))
 rng = np.random.default_rng(0)
-B, S = 16, 56
+B, S = 16, config.model.input_size
 batches = [{'image': rng.uniform(-1, 1, (B, S, S, 3)).astype(np.float32),
             'label': rng.integers(0, 10, B).astype(np.int32),
             'is_fake': (np.arange(B) % 4 == 0).astype(np.int32)} for _ in range(3)]
