@@ -445,7 +445,7 @@ def evaluate_pairs(embed_fn: Callable, variables: dict, pairs) -> dict:
   known = labels >= 0
   kinds = np.asarray(kinds)[known]
   cos, p0, p1, labels = cos[known], p0[known], p1[known], labels[known]
-  has_fake = np.isin(kinds, ('own_fake', 'other_fake'))
+  has_fake = np.isin(kinds, metrics_lib.FAKE_KINDS)
   # Whether the fake head finds the pair's fake: the larger of the two fake probabilities ranks pairs.
   fake_auc = (metrics_lib.roc_auc(has_fake, np.maximum(p0, p1)) if 0 < has_fake.sum() < has_fake.size
               else float('nan'))

@@ -13,17 +13,14 @@ import time
 
 import jax
 from jax import lax
-import numpy as np
+
+from bench import median_time  # scripts/ is on sys.path when this script runs
 
 
 def timed(fn, *args, repeats: int) -> float:
+  """Milliseconds, median of `repeats` calls after one warm-up call."""
   jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1000 * float(np.median(times))
+  return 1000 * median_time(lambda: jax.block_until_ready(fn(*args)), repeats)
 
 
 def conv(x, w):

@@ -28,11 +28,12 @@ Augmentations that erase fake traces. Blur, downscaling and JPEG re-compression 
 resamples the image (scale, rotation, sub-pixel shift: bilinear interpolation is a low-pass filter). Measured on the
 synthetic data at 112x112 with a hand-made 2x2 checkerboard detector (AUC over all photos, 0.68 with no augmentation):
 scale-and-rotate on every photo 0.51, blur 0.56, downscale 0.58, JPEG 0.68, flip and colour 0.68-0.73. So translation
-is done in whole pixels (`augment.shift`), and the resampling `crop_scale` is kept rare. We apply them to fakes with the same
-probability as to real photos by default (`augment.fake_degrade_scale = 1.0`): with lower probability for fakes the
-model would learn the shortcut "sharp and clean -> fake", which flags clean real photos at test time, and test photos
-are JPEGs anyway. To keep most traces visible, the strengths stay mild (JPEG quality >= 60, blur sigma <= 1.2 px,
-downscale >= 0.6) and the probabilities low; lower `fake_degrade_scale` to shield fakes further.
+is done in whole pixels (`augment.shift`), and the resampling `crop_scale` is kept rare. We apply blur, downscaling
+and JPEG to fakes with the same probability as to real photos by default (`augment.fake_degrade_scale = 1.0`): with
+lower probability for fakes the model would learn the shortcut "sharp and clean -> fake", which flags clean real
+photos at test time, and test photos are JPEGs anyway. To keep most traces visible, the strengths stay mild (JPEG
+quality >= 60, blur sigma <= 1.2 px, downscale >= 0.6) and the probabilities low; lower `fake_degrade_scale` to shield
+fakes further.
 
 TensorFlow is kept off the GPU on import: JAX owns the accelerators.
 """

@@ -48,7 +48,7 @@ class ResNet18(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(B, S, S, 3) float32 in [-1, 1] -> embedding (B, embedding_dim) float32 and stage outputs stem, stage1..stage4."""
+    """(B, S, S, 3) float32 in [-1, 1] -> embedding (B, embedding_dim) float32 and stage outputs stem..stage4."""
     x = Conv(scaled_channels(64, self.width), 3, 1, 1, dtype=self.dtype, name='stem_conv')(images.astype(self.dtype))
     x = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, name='stem_bn')(x))
     stages = {'stem': x}
@@ -77,7 +77,7 @@ class SmallCNN(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(B, S, S, 3) float32 in [-1, 1] -> embedding (B, embedding_dim) float32 and stage outputs stem, stage1..stage4."""
+    """(B, S, S, 3) float32 in [-1, 1] -> embedding (B, embedding_dim) float32 and stage outputs stem..stage4."""
     x = images.astype(self.dtype)
     stages = {'stem': x}  # no stem layer: the trace head reads the input itself
     for stage, channels in enumerate((32, 64, 128, 256)):

@@ -47,11 +47,11 @@ class FakeHead(nn.Module):
 
   mode 'traces' (the default): two conv3x3-BN-ReLU (stride 1, then 2) on the stem output, the backbone's
   full-resolution map, next to the photo's noise residual (`face_model.high_pass`, folded like the input; 'residual'
-  in stages), pooled four ways: the plain mean of the first convolution's
-  linear responses (content cancels, a periodic pattern adds up), mean+std over the face after ReLU (std keeps the
-  energy of high-frequency residue), the mean over a 4x4 grid of face regions (a seam or over-smoothed skin is
-  confined to the inner face and stands out against the border), and mean+std of the stage-2 map; concatenated with
-  the L2-normalised embedding (gradient stopped), LayerNorm, MLP -> 1.
+  in stages), pooled four ways: the plain mean of the first convolution's linear responses (content cancels, a
+  periodic pattern adds up), mean+std over the face after ReLU (std keeps the energy of high-frequency residue), the
+  mean over a 4x4 grid of face regions (a seam or over-smoothed skin is confined to the inner face and stands out
+  against the border), and mean+std of the stage-2 map; concatenated with the L2-normalised embedding (gradient
+  stopped), LayerNorm, MLP -> 1.
   mode 'features': one conv3x3-BN-ReLU on the stage-1 map (half resolution), mean+std pooled, with the stage-2 map and
   the embedding as above. On the synthetic fakes it stayed at chance where 'traces' learned (see configs/default.py).
   mode 'embedding': the same MLP on the normalised embedding alone.

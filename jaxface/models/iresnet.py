@@ -121,8 +121,8 @@ class IResNet(nn.Module):
       train: batch statistics, BN updates and dropout on.
 
     Returns:
-      embedding (B, embedding_dim) float32, un-normalised; and stage outputs {'stem': (B, S, S, 64w), 'stage1': (B, S/2, S/2, 64w), 'stage2':
-      (B, S/4, S/4, 128w), 'stage3', 'stage4'} for heads that look at low-level traces.
+      embedding (B, embedding_dim) float32, un-normalised; and stage outputs {'stem': (B, S, S, 64w), 'stage1':
+      (B, S/2, S/2, 64w), 'stage2': (B, S/4, S/4, 128w), 'stage3', 'stage4'} for heads that look at low-level traces.
     """
     x = images.astype(self.dtype)
     x = Conv(scaled_channels(64, self.width), 3, 1, 1, dtype=self.dtype, name='stem_conv')(x)
