@@ -161,9 +161,11 @@ def bench_config(arch: str, batch: int):
   config.model.input_size = 112
   config.model.dropout = 0.4
   config.model.fake_head = 'features'
+  config.model.space_to_depth = False  # the PyTorch twin reads 112x112x3, as AdaFace's IR nets do
   config.model.bn_axis_name = None
   config.batch_size = batch
   config.optim.learning_rate = 0.01
+  config.optim.fake_head_lr = 0.0  # one SGD for every parameter, as in the PyTorch step
   return config
 
 
