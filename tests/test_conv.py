@@ -62,6 +62,29 @@ def test_value_and_gradients_match_xla(k, stride, padding, height, width):
   _assert_close(grads[1], expected_grads[1])
 
 
+@pytest.mark.parametrize('block_pixels', [4, 16])
+@pytest.mark.parametrize('k,stride,padding,height,width', CASES)
+def test_blocked_filter_and_phase_input_gradients_match_xla(monkeypatch, block_pixels, k, stride, padding, height,
+                                                            width):
+  # On CPU, big maps take the blocked filter gradient and the phase-decomposed strided input gradient. Lower the
+  # thresholds so that these small maps take them too (4 pixels: one-row blocks; 16: two-row blocks on 8-wide maps).
+  monkeypatch.setattr(conv, '_BLOCK_PIXELS', block_pixels)
+  monkeypatch.setattr(conv, '_PHASE_MIN_PIXELS', 1)
+  x, kernel = _inputs(k, height, width, seed=2)
+
+  def loss(fn):
+    return lambda x_, k_: jnp.sum(jnp.sin(fn(x_, k_, stride, padding)) * jnp.arange(6.0))
+
+  grads = jax.jit(jax.grad(loss(lambda *a: conv.conv2d(*a)), argnums=(0, 1)))(x, kernel)
+  expected_grads = jax.grad(loss(_reference), argnums=(0, 1))(x, kernel)
+  _assert_close(grads[0], expected_grads[0])
+  _assert_close(grads[1], expected_grads[1])
+  if stride > 1 and k >= stride:
+    dy = _reference(x, kernel, stride, padding) ** 2
+    phases = conv._input_grad_phases(x.shape, kernel, dy, stride=stride, padding=padding)
+    _assert_close(phases, conv._input_grad_lax(x, kernel, dy, stride=stride, padding=padding))
+
+
 @pytest.mark.parametrize('k,stride,padding,height,width', CASES[::2])
 def test_filter_gradient_paths_agree(k, stride, padding, height, width):
   # The CPU path (per-tap matmuls) and the GPU/TPU path (XLA's conv gradient) must give the same dW.
