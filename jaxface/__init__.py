@@ -1,10 +1,15 @@
 """jaxface: face recognition in JAX that deepfakes cannot fool.
 
-The public API is loaded lazily, so `import jaxface` imports neither TensorFlow nor PyTorch.
+The public API is loaded lazily, so `import jaxface` imports neither TensorFlow nor PyTorch. Importing it adds one
+XLA:CPU flag to `XLA_FLAGS` (Eigen convolutions instead of YNNPACK, twice as fast here; see `jaxface.xla_cpu`).
 """
 from __future__ import annotations
 
 import importlib
+
+from jaxface import xla_cpu as _xla_cpu
+
+_xla_cpu.configure()  # before any JAX backend starts: XLA:CPU's Eigen convolutions (see jaxface/xla_cpu.py)
 
 __version__ = '0.1.0'
 

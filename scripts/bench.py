@@ -44,14 +44,21 @@ def median_time(fn: Callable[[], Any], repeats: int) -> float:
   return statistics.median(times)
 
 
-def alternate(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-  """Median seconds per call of each runner, the runners taking turns so that background load hits them alike."""
+def alternate(runners: dict[str, Callable[[], Any]], repeats: int,
+              all_times: dict[str, list[float]] | None = None) -> dict[str, float]:
+  """Median seconds per call of each runner, the runners taking turns so that background load hits them alike.
+
+  Every timed call's seconds are appended to `all_times[name]` when it is given.
+  """
   times = {name: [] for name in runners}
   for _ in range(repeats):
     for name, run in runners.items():
       start = time.perf_counter()
       run()
       times[name].append(time.perf_counter() - start)
+  if all_times is not None:
+    for name, ts in times.items():
+      all_times.setdefault(name, []).extend(ts)
   return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -349,17 +356,20 @@ def stage_train(args) -> dict[str, Any]:
     except Exception as e:  # pylint: disable=broad-except
       print(f'torch.compile failed: {type(e).__name__}: {str(e)[:300]}')
     compile_s['torch_compile'] = time.perf_counter() - start
-  times = alternate(runners, args.repeats)
+  all_times = {}
+  times = alternate(runners, args.repeats, all_times)
   result = {'arch': arch, 'batch': args.batch, 'compile_s': {k: round(v, 1) for k, v in compile_s.items()}}
   for name, seconds in times.items():
     result[name] = {'step_s': round(seconds, 3), 'images_per_s': round(args.batch / seconds, 2),
+                    'every_step_s': [round(t, 3) for t in all_times[name]],
                     **flops_share(args.batch / seconds, arch, args.device, train=True)}
   result['ratio_jax_over_torch_eager'] = round(times['torch_eager'] / times['jax'], 3)
   if 'torch_compile' in times:
     result['ratio_jax_over_torch_compile'] = round(times['torch_compile'] / times['jax'], 3)
   for name in times:
     print(f"train {arch} batch {args.batch}: {name:14s} {result[name]['step_s']:7.3f} s/step "
-          f"{result[name]['images_per_s']:7.2f} images/s")
+          f"{result[name]['images_per_s']:7.2f} images/s  (every step: "
+          f"{', '.join(f'{t:.2f}' for t in result[name]['every_step_s'])} s)")
   print(f"ratio jax / torch eager (images/s): {result['ratio_jax_over_torch_eager']:.2f}")
   return result
 
@@ -509,6 +519,7 @@ def stage_pipeline(args) -> dict[str, Any]:
 
 def environment() -> dict[str, Any]:
   import jax  # pylint: disable=import-outside-toplevel
+  from jaxface import xla_cpu  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   model = platform.processor()
   try:
@@ -521,7 +532,8 @@ def environment() -> dict[str, Any]:
   return {'date_utc': time.strftime('%Y-%m-%d %H:%M', time.gmtime()), 'cpu': model, 'cpu_count': os.cpu_count(),
           'python': platform.python_version(), 'jax': jax.__version__, 'jax_backend': jax.default_backend(),
           'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
-          'load_average': os.getloadavg(), 'xla_flags': os.environ.get('XLA_FLAGS', '')}
+          'load_average': os.getloadavg(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'eigen_convolutions': xla_cpu.eigen_convolutions()}
 
 
 def run_stage(args, stage: str) -> dict[str, Any]:
@@ -569,6 +581,8 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   if args.device == 'cpu':
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  import jaxface  # pylint: disable=import-outside-toplevel,unused-import
+  # ^ before any JAX backend starts, so its XLA:CPU flag (Eigen convolutions) applies; JAXFACE_XLA_DEFAULTS=0 compares.
   stages = STAGES if args.stage == 'all' else (args.stage,)
   if args.child_json:
     result = run_stage(args, stages[0])

@@ -10,6 +10,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from jaxface import xla_cpu  # noqa: E402
 from jaxface.ops import conv  # noqa: E402
 
 CASES = [  # (kernel size, stride, padding, height, width): the IR-ResNet convs on odd and even maps
@@ -70,6 +71,7 @@ def test_blocked_filter_and_phase_input_gradients_match_xla(monkeypatch, block_p
   # thresholds so that these small maps take them too (4 pixels: one-row blocks; 16: two-row blocks on 8-wide maps).
   monkeypatch.setattr(conv, '_BLOCK_PIXELS', block_pixels)
   monkeypatch.setattr(conv, '_PHASE_MIN_PIXELS', 1)
+  monkeypatch.setitem(xla_cpu._state, 'eigen', False)  # the per-tap filter gradient, as under YNNPACK
   x, kernel = _inputs(k, height, width, seed=2)
 
   def loss(fn):

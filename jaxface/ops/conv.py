@@ -2,12 +2,17 @@
 
 All models call :func:`conv2d` so that its implementation (and its gradient) can be tuned in one place.
 
-Why a custom gradient: XLA's CPU backend computes convolution *filter* gradients very slowly (a 3x3 128->128 conv on
-28x28 maps, batch 32, takes about 10 s for the filter gradient against 0.1 s for the forward pass), which made the whole
-train step three times slower than PyTorch. On CPU the filter gradient is therefore written as one matrix product per
-kernel tap: for tap (i, j), `dW[i, j] = x_pad[:, i::s, j::s].reshape(-1, I).T @ dy.reshape(-1, O)`. The forward pass
-and the input gradient stay XLA convolutions, which are fast on every backend. On GPU and TPU the filter gradient
-stays XLA's (chosen per platform when the computation is lowered, so one jitted function serves both).
+Why a custom gradient (CPU only; on GPU and TPU both gradients are XLA's, chosen per platform when the computation is
+lowered, so one jitted function serves both):
+
+- Input gradient of strided convolutions on large maps: XLA's transposed convolution is slow there (91 ms against
+  PyTorch's 63 for 112x112 64->64 stride 2 at batch 8). It is computed as stride**2 stride-1 convolutions of dy, one
+  per output phase, interleaved: 21 ms.
+- Filter gradient: with jaxlib's default YNNPACK convolutions it takes up to 20 times the forward pass (1832 ms for a
+  3x3 64->64 conv on 112x112 maps at batch 8). jaxface turns YNNPACK off at import (`jaxface.xla_cpu`); XLA's Eigen
+  filter gradient is then as fast as PyTorch's (94 vs 103 ms) and is used. Where the flag could not be set (a JAX
+  backend had started first), the filter gradient is one matrix product per kernel tap,
+  `dW[i, j] = x_pad[:, i::s, j::s].reshape(-1, I).T @ dy.reshape(-1, O)`, over blocks of rows on large maps (147 ms).
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from jaxface import xla_cpu
 
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 # CPU filter gradients of maps with at least twice this many output pixels are computed in blocks of about this many.
@@ -58,9 +65,10 @@ def _conv2d_bwd(stride, padding, residuals, dy):
   dx = jax.lax.platform_dependent(
       x, kernel, dy, cpu=functools.partial(_input_grad_cpu, stride=stride, padding=padding),
       default=functools.partial(_input_grad_lax, stride=stride, padding=padding))
-  dkernel = jax.lax.platform_dependent(
-      x, dy, cpu=functools.partial(_filter_grad_taps, kernel_shape=kernel.shape, stride=stride, padding=padding),
-      default=functools.partial(_filter_grad_lax, kernel=kernel, stride=stride, padding=padding))
+  xla_filter_grad = functools.partial(_filter_grad_lax, kernel=kernel, stride=stride, padding=padding)
+  cpu_filter_grad = (xla_filter_grad if xla_cpu.eigen_convolutions() else
+                     functools.partial(_filter_grad_taps, kernel_shape=kernel.shape, stride=stride, padding=padding))
+  dkernel = jax.lax.platform_dependent(x, dy, cpu=cpu_filter_grad, default=xla_filter_grad)
   return dx, dkernel
 
 
