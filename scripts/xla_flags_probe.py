@@ -1,10 +1,11 @@
 r"""Times one convolution's forward and plain-lax gradients, and the filter-gradient matrix product, under XLA_FLAGS.
 
-  for f in "" --xla_cpu_experimental_onednn_custom_call=true --xla_cpu_use_onednn=true; do
+  for f in "" --xla_cpu_experimental_ynn_fusion_type= --xla_cpu_experimental_onednn_custom_call=true; do
     XLA_FLAGS="$f" python scripts/xla_flags_probe.py --batch 8; done
 
 One JSON line per run (milliseconds, median of --repeats after one warm-up call). Used to check whether XLA:CPU's
-library back ends (oneDNN, YNNPACK, XNNPACK) speed up the shapes where jaxface trails PyTorch (BENCHMARKS.md).
+library back ends (oneDNN, YNNPACK, XNNPACK) speed up the shapes where jaxface trails PyTorch (BENCHMARKS.md). It does
+not import jaxface, so XLA_FLAGS are exactly what the command gives (jaxlib's default runs convolutions on YNNPACK).
 """
 import argparse
 import json
