@@ -14,6 +14,11 @@ import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+# Two fake CPU devices for the in-process pmap tests. Set here, before any test module imports jax or jaxface: once
+# `import jaxface` has put its own flag into XLA_FLAGS, a per-module `setdefault` would no longer apply.
+if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
+
 # What `synthetic_data_dir` holds: 12 people x 6 photos (11 fakes), 24 test pairs (6 of each kind), 112x112 JPEGs.
 SYNTHETIC_SETTINGS = dict(people=12, photos_per_person=6, seed=0, fake_fraction=0.15, test_pairs=24, test_people=8,
                           size=112)

@@ -1,17 +1,13 @@
 """conv2d must equal XLA's convolution in value and in both gradients, whatever path computes them."""
 from __future__ import annotations
 
-import os
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from jaxface import xla_cpu  # noqa: E402
-from jaxface.ops import conv  # noqa: E402
+from jaxface import xla_cpu
+from jaxface.ops import conv
 
 CASES = [  # (kernel size, stride, padding, height, width): the IR-ResNet convs on odd and even maps
     (3, 1, (1, 1), 8, 8),
@@ -115,6 +111,7 @@ def test_bfloat16_passes_through():
 
 def test_under_pmap():
   n = jax.local_device_count()
+  assert n == 2  # tests/conftest.py asks XLA for two CPU devices
   x, kernel = _inputs(3, 8, 8, batch=2 * n)
   xs = x.reshape(n, 2, *x.shape[1:])
 
