@@ -17,7 +17,8 @@ import re
 import sys
 
 YNN_OFF = '--xla_cpu_experimental_ynn_fusion_type='
-# jaxlib releases whose XLA has the flag (0.10.2 measured here; 0.12.0.1's library checked for the flag's name).
+# jaxlib releases whose XLA has the flag: 0.10.2 measured here, 0.12.0.1's library checked for the flag's name, 0.11
+# assumed from the two ends.
 _CHECKED_JAXLIB = ((0, 10), (0, 12))
 
 _state = {'eigen': None}

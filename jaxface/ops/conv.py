@@ -35,7 +35,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: tuple[int,
 
   `padding` is explicit, (pad_h, pad_w) on both sides, as PyTorch does: XLA's 'SAME' pads (0, 1) for stride 2 on even
   inputs, which shifts the sampling grid against PyTorch-trained weights. Values equal `lax.conv_general_dilated`;
-  the gradient with respect to `kernel` is computed by per-tap matrix products on CPU (see the module docstring).
+  on CPU the strided input gradient and (where YNNPACK is on) the filter gradient take faster routes (module docstring).
   """
   return _conv2d(x, kernel.astype(x.dtype), int(stride), (int(padding[0]), int(padding[1])))
 
