@@ -39,6 +39,7 @@ from jaxface import convert
 from jaxface import losses
 from jaxface import metrics as metrics_lib
 from jaxface import scoring
+from jaxface import xla_cpu
 from jaxface.models.face_model import build_model
 from jaxface.models.heads import AdaFaceHead
 
@@ -702,6 +703,8 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, overrides)
     workdir = args.workdir or str(pathlib.Path('workdir') / pathlib.Path(args.config).stem)
     log.info('config %s, workdir %s', args.config, workdir)
+    log.info('XLA:CPU convolutions: %s', 'Eigen (YNNPACK off by jaxface.xla_cpu)' if xla_cpu.eigen_convolutions()
+             else 'jaxlib default (XLA_FLAGS left as given)')
     result = train_and_evaluate(config, workdir)
   except (ConfigError, checkpoints.CheckpointError, convert.ConversionError, TrainingDiverged) as e:
     print(f'error: {e}', file=sys.stderr)
