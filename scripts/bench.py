@@ -371,6 +371,8 @@ def stage_train(args) -> dict[str, Any]:
           f"{result[name]['images_per_s']:7.2f} images/s  (every step: "
           f"{', '.join(f'{t:.2f}' for t in result[name]['every_step_s'])} s)")
   print(f"ratio jax / torch eager (images/s): {result['ratio_jax_over_torch_eager']:.2f}")
+  if 'ratio_jax_over_torch_compile' in result:
+    print(f"ratio jax / torch.compile (images/s): {result['ratio_jax_over_torch_compile']:.2f}")
   return result
 
 
