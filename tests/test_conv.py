@@ -42,21 +42,26 @@ def _assert_close(actual, expected, rtol=1e-4):
   np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
-@pytest.mark.parametrize('k,stride,padding,height,width', CASES)
-def test_value_and_gradients_match_xla(k, stride, padding, height, width):
-  x, kernel = _inputs(k, height, width)
+def _assert_gradients_match(x, kernel, stride, padding):
+  """Both gradients of a jitted conv2d equal XLA's, under a non-linear loss so that dy is not constant."""
 
   def loss(fn):
-    # A non-linear loss so that the output gradient dy is not constant.
     return lambda x_, k_: jnp.sum(jnp.sin(fn(x_, k_, stride, padding)) * jnp.arange(6.0))
 
-  out = jax.jit(conv.conv2d, static_argnums=(2, 3))(x, kernel, stride, padding)
-  expected = _reference(x, kernel, stride, padding)
-  _assert_close(out, expected)
-  grads = jax.jit(jax.grad(loss(conv.conv2d), argnums=(0, 1)))(x, kernel)
+  # A fresh lambda is a fresh jit: the conv paths are chosen at trace time, so nothing is reused from another test.
+  grads = jax.jit(jax.grad(loss(lambda *a: conv.conv2d(*a)), argnums=(0, 1)))(x, kernel)
   expected_grads = jax.grad(loss(_reference), argnums=(0, 1))(x, kernel)
   _assert_close(grads[0], expected_grads[0])
   _assert_close(grads[1], expected_grads[1])
+
+
+@pytest.mark.parametrize('k,stride,padding,height,width', CASES)
+def test_value_and_gradients_match_xla(k, stride, padding, height, width):
+  x, kernel = _inputs(k, height, width)
+  out = jax.jit(conv.conv2d, static_argnums=(2, 3))(x, kernel, stride, padding)
+  expected = _reference(x, kernel, stride, padding)
+  _assert_close(out, expected)
+  _assert_gradients_match(x, kernel, stride, padding)
 
 
 @pytest.mark.parametrize('block_pixels', [4, 16])
@@ -69,14 +74,7 @@ def test_blocked_filter_and_phase_input_gradients_match_xla(monkeypatch, block_p
   monkeypatch.setattr(conv, '_PHASE_MIN_PIXELS', 1)
   monkeypatch.setitem(xla_cpu._state, 'eigen', False)  # the per-tap filter gradient, as under YNNPACK
   x, kernel = _inputs(k, height, width, seed=2)
-
-  def loss(fn):
-    return lambda x_, k_: jnp.sum(jnp.sin(fn(x_, k_, stride, padding)) * jnp.arange(6.0))
-
-  grads = jax.jit(jax.grad(loss(lambda *a: conv.conv2d(*a)), argnums=(0, 1)))(x, kernel)
-  expected_grads = jax.grad(loss(_reference), argnums=(0, 1))(x, kernel)
-  _assert_close(grads[0], expected_grads[0])
-  _assert_close(grads[1], expected_grads[1])
+  _assert_gradients_match(x, kernel, stride, padding)
   if stride > 1 and k >= stride:
     dy = _reference(x, kernel, stride, padding) ** 2
     phases = conv._input_grad_phases(x.shape, kernel, dy, stride=stride, padding=padding)
