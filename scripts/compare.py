@@ -3,6 +3,11 @@ r"""Trains several configs on the same data and prints their EERs side by side (
     python scripts/compare.py --out runs/compare                       # synthetic data, the five rows
     python scripts/compare.py --out runs/compare-dev --tfds-dir TFDS   # a prepared dataset (scripts/preprocess.py)
     python scripts/compare.py --out runs/x --configs default baseline_cnn --set num_epochs=4
+    python scripts/compare.py --out runs/peer --configs --peers dlib --data-dir ../shared/data/realfaces-train
+
+`--peers dlib` adds a row for a recogniser a user would pick instead (`jaxface.peers`: face_recognition's dlib
+ResNet), scored on the raw photos of `--data-dir`'s test_public/ pairs with its labels.csv; its own detector finds the
+faces. It has no fake detector, so its fused EER is its plain one.
 
 Each row is `python -m jaxface.train --config configs/<name>.py --workdir OUT/<name>` in its own process (so a
 crashed or killed row costs only itself, and rerunning the command resumes or reuses finished rows), then the
@@ -23,6 +28,7 @@ import pathlib
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -94,6 +100,38 @@ def row_of(variant: Variant, workdir: pathlib.Path, seconds: float) -> dict:
   }
 
 
+def peer_row(name: str, data_dir: str, out: pathlib.Path) -> dict:
+  """A peer's row on the labelled test pairs of a challenge folder; its scores go to OUT/peer_<name>/scores.csv."""
+  from jaxface import metrics, peers  # pylint: disable=import-outside-toplevel
+  from jaxface.data import challenge  # pylint: disable=import-outside-toplevel
+
+  labels_path = challenge.default_labels_path(data_dir)
+  labels = challenge.read_labels(labels_path) if labels_path.is_file() else {}
+  start = time.time()
+  scores = peers.score_pairs(peers.build_peer(name), data_dir, labels, progress=True)
+  seconds = time.time() - start
+  folder = out / f'peer_{name}'
+  folder.mkdir(parents=True, exist_ok=True)
+  with open(folder / 'scores.csv', 'w') as f:
+    f.write('pair_id,similarity,label,kind,face_found0,face_found1\n')
+    for i, pair_id in enumerate(scores.pair_ids):
+      f.write(f'{pair_id},{scores.similarity[i]:.6f},{scores.labels[i]},{scores.kinds[i]},'
+              f'{int(scores.face_found[i, 0])},{int(scores.face_found[i, 1])}\n')
+  known = scores.labels >= 0
+  y, s, kinds = scores.labels[known], scores.similarity[known], list(scores.kinds[known])
+  eer = metrics.challenge_eer(y, s) if known.any() else None
+  return {
+      'name': f'peer_{name}', 'config': f'jaxface.peers ({name})', 'overrides': [], 'arch': name,
+      'val_eer_cosine': None, 'val_eer_fused': None,
+      'test_eer_cosine': eer, 'test_eer_fused': eer,
+      'test_eer_by_kind_fused': metrics.eer_by_kind(y, s, kinds) if known.any() else None,
+      'test_tar_at_far_0.001': metrics.tar_at_far(y, s, 1e-3) if known.any() else None,
+      'fake_auc_pair': None, 'fake_auc_image': None,
+      'test_pairs': int(known.sum()), 'faces_not_found': int((~scores.face_found).sum()),
+      'score_seconds': round(seconds, 1),
+  }
+
+
 def dataset_present(tfds_dir: str) -> bool:
   """True when `tfds_dir` holds a jaxface_faces dataset; otherwise says so in one line on stderr."""
   if (pathlib.Path(tfds_dir) / 'jaxface_faces').is_dir():
@@ -117,10 +155,15 @@ def markdown(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def run(variants: list[Variant], out: pathlib.Path, tfds_dir: str | None) -> list[dict]:
-  """Trains and scores every variant into `out`; returns the rows and writes compare.json / compare.md."""
+def run(variants: list[Variant], out: pathlib.Path, tfds_dir: str | None, peer_names: Sequence[str] = (),
+        data_dir: str | None = None) -> list[dict]:
+  """Trains and scores every variant (then scores every peer) into `out`; returns the rows and writes
+  compare.json / compare.md."""
   data = [] if not tfds_dir else ['--config.data.source=tfds', f'--config.data.tfds_dir={tfds_dir}']
   rows = []
+  for name in peer_names:
+    rows.append(peer_row(name, data_dir, out))
+    print(markdown(rows[-1:]).splitlines()[-1], flush=True)
   for variant in variants:
     workdir = out / variant.name
     seconds = train(variant, workdir, data)
@@ -136,7 +179,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--out', required=True, help='folder for the runs (OUT/<row>) and the table')
   parser.add_argument('--tfds-dir', default=None, help='a prepared jaxface_faces dataset (default: synthetic data)')
-  parser.add_argument('--configs', nargs='+', default=list(ROWS), help='config names in configs/ or .py paths')
+  parser.add_argument('--configs', nargs='*', default=list(ROWS),
+                      help='config names in configs/ or .py paths (none: peers only)')
+  parser.add_argument('--peers', nargs='*', default=[], choices=('dlib',),
+                      help='peer recognisers to score as rows of their own (jaxface.peers); need --data-dir')
+  parser.add_argument('--data-dir', default=None, help='challenge folder whose labelled test pairs the peers score')
   parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                       help='a config override for every row (repeatable), e.g. --set num_epochs=4')
   return parser.parse_args(argv)
@@ -151,8 +198,11 @@ def main(argv=None) -> int:
       print(f'error: {config_path(name)}: config not found (names are files in configs/ without .py)',
             file=sys.stderr)
       return 2
+  if args.peers and not (args.data_dir and (pathlib.Path(args.data_dir) / 'test_public').is_dir()):
+    print(f'error: --peers needs --data-dir with a test_public/ folder (got {args.data_dir})', file=sys.stderr)
+    return 2
   variants = [Variant(pathlib.Path(n).stem, n, tuple(args.set)) for n in args.configs]
-  rows = run(variants, pathlib.Path(args.out), args.tfds_dir)
+  rows = run(variants, pathlib.Path(args.out), args.tfds_dir, args.peers, args.data_dir)
   print(markdown(rows))
   return 0
 
