@@ -2,6 +2,10 @@
 `pretrained_model/model.pt` -> a Flax checkpoint of the FaceModel backbone.
 
     python -m jaxface.convert SRC --arch ir_101 --out DIR [--bgr | --rgb] [--trust-pickle]
+    python -m jaxface.convert mobilefacenet_ms1m.pt --arch mobilefacenet --out DIR   # foamliu/MobileFaceNet
+
+MobileFaceNet reads ImageNet-normalised RGB: convert.json records `input_norm: 'imagenet'` (IR nets: 'unit', [-1, 1]),
+and `check_converted` makes training refuse a config.model whose arch or input_norm differs.
 
 DIR gets `variables/` (Orbax, {'params', 'batch_stats'} of the backbone alone) and `convert.json` (arch, input size,
 colour order of the source, the key prefix found, keys left out). Training grafts the result in with
@@ -30,6 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface.models.iresnet import IR_UNITS, IResNet, output_grid
+from jaxface.models.mobilefacenet import EMBEDDING_DIM as MOBILEFACENET_DIM, MobileFaceNet
+
+MOBILEFACENET = 'mobilefacenet'
 
 # Flax module name inside the backbone -> official PyTorch module path relative to the backbone.
 _STEM = {'stem_conv': 'input_layer.0', 'stem_bn': 'input_layer.1', 'stem_prelu': 'input_layer.2'}
@@ -197,8 +204,76 @@ def convert_state_dict(state: dict[str, np.ndarray], arch: str, *, bgr: bool,
       raise ConversionError(f'{source}: unexpected key {key} for --arch {arch} (wrong --arch or not an IR net)')
   left_out = sorted(k for k in state if not in_backbone(k))
   info = {'arch': arch, 'width': 1.0, 'input_size': input_size, 'embedding_dim': int(embedding_dim),
-          'source_bgr': bool(bgr), 'prefix': prefix, 'left_out': left_out}
+          'input_norm': 'unit', 'source_bgr': bool(bgr), 'prefix': prefix, 'left_out': left_out}
   return flax.traverse_util.unflatten_dict(converted), info
+
+
+def _mobilefacenet_key(flax_path: tuple[str, ...]) -> str:
+  """('params', 'features_3', 'expand', 'conv', 'kernel') -> 'features.3.conv.0.0.weight' (foamliu's names)."""
+  collection, *modules, leaf = flax_path
+  top = modules[0]
+  if top.startswith('features_'):
+    # Every block of the real net expands (t != 1), so conv.0 is the expansion, conv.1 the depthwise ConvBNReLU.
+    part = {('expand', 'conv'): 'conv.0.0', ('expand', 'bn'): 'conv.0.1', ('depthwise', 'conv'): 'conv.1.0',
+            ('depthwise', 'bn'): 'conv.1.1', ('project', 'conv'): 'conv.2', ('project', 'bn'): 'conv.3'}
+    module = f'features.{top[9:]}.{part[modules[1], modules[2]]}'
+  elif top in ('conv1', 'conv2'):
+    module = f'{top}.{0 if modules[1] == "conv" else 1}'
+  elif top.startswith(('dw_conv_', 'gdconv_')):
+    module = top.replace('dw_conv_', 'dw_conv.', 1).replace('gdconv_', 'gdconv.', 1)
+  else:
+    module = top  # conv3, bn
+  return f'{module}.{_LEAF[collection, leaf]}'
+
+
+def _mobilefacenet_transform(flax_path: tuple[str, ...]) -> tuple[Callable, Callable]:
+  if flax_path[-2:] == ('conv3', 'kernel'):
+    # A 1x1 conv on the 1x1 map is the Dense of the Flax net: (O, I, 1, 1) -> (I, O).
+    return (lambda w: w[:, :, 0, 0].T), (lambda s: (s[1], s[0], 1, 1))
+  if flax_path[-1] == 'kernel':
+    return (lambda w: w.transpose(2, 3, 1, 0)), (lambda s: (s[3], s[2], s[0], s[1]))
+  return (lambda w: w), (lambda s: tuple(s))
+
+
+def convert_mobilefacenet(state: dict[str, np.ndarray], source: str = 'checkpoint',
+                          width: float = 1.0) -> tuple[dict[str, Any], dict[str, Any]]:
+  """foamliu MobileFaceNet state dict -> ({'params', 'batch_stats'} of the Flax backbone as numpy float32, info).
+
+  Strict: a missing, extra or mis-shaped key raises ConversionError naming it; num_batches_tracked is dropped.
+  """
+  net = MobileFaceNet(width=width)
+  abstract = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1, 112, 112, 3))))
+  converted, used = {}, set()
+  for path, leaf in flax.traverse_util.flatten_dict(abstract).items():
+    key = _mobilefacenet_key(path)
+    if key not in state:
+      raise ConversionError(f'{source}: missing key {key} for --arch {MOBILEFACENET}')
+    forward, torch_shape = _mobilefacenet_transform(path)
+    if tuple(state[key].shape) != torch_shape(leaf.shape):
+      raise ConversionError(f'{source}: key {key} has shape {tuple(state[key].shape)} but --arch {MOBILEFACENET} '
+                            f'expects {torch_shape(leaf.shape)}')
+    converted[path] = np.ascontiguousarray(forward(state[key]), np.float32)
+    used.add(key)
+  for key in sorted(state):
+    if key not in used and not key.endswith('num_batches_tracked'):
+      raise ConversionError(f'{source}: unexpected key {key} for --arch {MOBILEFACENET} (not foamliu MobileFaceNet)')
+  info = {'arch': MOBILEFACENET, 'width': width, 'input_size': 112, 'embedding_dim': MOBILEFACENET_DIM,
+          'input_norm': 'imagenet', 'source_bgr': False, 'prefix': '', 'left_out': []}
+  return flax.traverse_util.unflatten_dict(converted), info
+
+
+def check_converted(path: str | pathlib.Path, model_config) -> None:
+  """Raises ConversionError (one line) when config.model's arch, input_norm or embedding_dim differ from DIR's.
+
+  Folders converted before input_norm was recorded hold IR nets, which read [-1, 1] ('unit').
+  """
+  info = read_convert_info(path)
+  for field, default in (('arch', None), ('input_norm', 'unit'), ('embedding_dim', 512)):
+    want = info.get(field, 'unit' if field == 'input_norm' else None)
+    have = model_config.get(field, default)
+    if want is not None and have != want:
+      raise ConversionError(f'{path}: converted with {field}={want!r} but config.model.{field} is {have!r}; '
+                            f'rerun with --config.model.{field}={want}')
 
 
 def save_converted(variables: dict[str, Any], out_dir: str | pathlib.Path, info: dict[str, Any]) -> pathlib.Path:
@@ -262,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
   """CLI entry point; returns the exit status (2 for a bad input, with one line on stderr)."""
   parser = argparse.ArgumentParser(prog='python -m jaxface.convert', description=__doc__.split('\n\n')[0])
   parser.add_argument('src', help='AdaFace .ckpt, CVLFace model.safetensors or pretrained_model/model.pt')
-  parser.add_argument('--arch', required=True, choices=sorted(IR_UNITS))
+  parser.add_argument('--arch', required=True, choices=sorted([*IR_UNITS, MOBILEFACENET]))
   parser.add_argument('--out', required=True, help='output directory')
   colour = parser.add_mutually_exclusive_group()
   colour.add_argument('--bgr', dest='bgr', action='store_true', default=None,
@@ -274,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
   bgr = args.bgr if args.bgr is not None else args.src.endswith('.ckpt')
   try:
     state = load_state_dict(args.src, trust_pickle=args.trust_pickle)
-    variables, info = convert_state_dict(state, args.arch, bgr=bgr, source=args.src)
+    if args.arch == MOBILEFACENET:
+      bgr = False
+      variables, info = convert_mobilefacenet(state, source=args.src)
+    else:
+      variables, info = convert_state_dict(state, args.arch, bgr=bgr, source=args.src)
     info['source'] = str(args.src)
     out = save_converted(variables, args.out, info)
   except ConversionError as e:

@@ -287,6 +287,7 @@ def create_train_state(model, head, tx, config: ml_collections.ConfigDict, rng: 
 def graft_pretrained(state: dict, config: ml_collections.ConfigDict) -> dict:
   """Replaces the backbone's variables by a converted checkpoint (`python -m jaxface.convert`)."""
   variables = {'params': state['params']['model'], 'batch_stats': state['batch_stats']}
+  convert.check_converted(config.init_from, config.model)
   grafted = convert.graft_backbone(variables, convert.load_converted(config.init_from))
   return {**state, 'params': {**state['params'], 'model': grafted['params']}, 'batch_stats': grafted['batch_stats']}
 

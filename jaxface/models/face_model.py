@@ -41,13 +41,18 @@ from jaxface.models.baselines import ResNet18, SmallCNN
 from jaxface.models.heads import FakeHead
 from jaxface.models.iresnet import IR_UNITS, IResNet
 from jaxface.models.layers import dtype_from_name
+from jaxface.models.mobilefacenet import EMBEDDING_DIM as MOBILEFACENET_DIM, MobileFaceNet
 
-ARCHS = (*IR_UNITS, 'resnet_18', 'small_cnn')
+ARCHS = (*IR_UNITS, 'mobilefacenet', 'resnet_18', 'small_cnn')
+INPUT_NORMS = ('unit', 'imagenet')
+# ImageNet mean / std of RGB in [0, 1], what torchvision's Normalize gives foamliu's MobileFaceNet.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def build_backbone(arch: str, width: float = 1.0, embedding_dim: int = 512, dropout: float = 0.4,
                    bn_axis_name: str | None = None, dtype: Any = jnp.float32, name: str | None = None) -> nn.Module:
-  """The backbone module for `arch` in ir_18|ir_34|ir_50|ir_101|resnet_18|small_cnn.
+  """The backbone module for `arch` in ir_18|ir_34|ir_50|ir_101|mobilefacenet|resnet_18|small_cnn.
 
   Its __call__(images (B, S, S, 3), train) returns (embedding (B, embedding_dim) float32, {'stage1'..'stage4': maps}).
   """
@@ -55,6 +60,8 @@ def build_backbone(arch: str, width: float = 1.0, embedding_dim: int = 512, drop
                 name=name)
   if arch in IR_UNITS:
     return IResNet(IR_UNITS[arch], **kwargs)
+  if arch == 'mobilefacenet':
+    return MobileFaceNet(**kwargs)
   if arch == 'resnet_18':
     return ResNet18(**kwargs)
   if arch == 'small_cnn':
@@ -72,6 +79,7 @@ class FaceModel(nn.Module):
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   space_to_depth: bool = False
+  input_norm: str = 'unit'
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -93,7 +101,11 @@ class FaceModel(nn.Module):
     if self.space_to_depth:
       images = fold_pixels(images)
       residual = None if residual is None else fold_pixels(residual)
-    embedding, stages = backbone(images, train=train)
+    embedding, stages = backbone(normalize_input(images, self.input_norm), train=train)
+    if residual is not None and residual.shape[1] == 2 * stages['stem'].shape[1]:
+      # MobileFaceNet's stem is already at half resolution (stride-2 conv1): fold the residual 2x2 (112x112x3 ->
+      # 56x56x12) rather than resize it, so the head still sees every pixel's 1-2 pixel traces.
+      residual = fold_pixels(residual)
     if residual is not None:
       stages = {**stages, 'residual': residual}
     if self.fake_head == 'none':
@@ -102,6 +114,19 @@ class FaceModel(nn.Module):
       fake_logit = FakeHead(self.fake_head, train=train, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
                             name='fake_head')(embedding, stages)
     return {'embedding': embedding.astype(jnp.float32), 'fake_logit': fake_logit.astype(jnp.float32)}
+
+
+def normalize_input(images: jax.Array, input_norm: str) -> jax.Array:
+  """(B, H, W, C) RGB in [-1, 1] -> what the backbone's weights expect: 'unit' as is, 'imagenet' (x - mean) / std of
+  RGB in [0, 1]. Callers keep feeding [-1, 1]; the norm is recorded with converted weights (convert.json)."""
+  if input_norm == 'unit':
+    return images
+  if input_norm != 'imagenet':
+    raise ValueError(f'input_norm {input_norm!r} is not one of {", ".join(INPUT_NORMS)}')
+  if images.shape[-1] != 3:
+    raise ValueError(f"input_norm 'imagenet' needs 3 RGB channels, got {images.shape[-1]} (turn space_to_depth off)")
+  mean, std = jnp.asarray(IMAGENET_MEAN, images.dtype), jnp.asarray(IMAGENET_STD, images.dtype)
+  return ((images + 1) * 0.5 - mean) / std
 
 
 def high_pass(images: jax.Array) -> jax.Array:
@@ -127,7 +152,10 @@ def build_model(cfg) -> FaceModel:
   Fields: arch, width (1.0 = official), input_size (112 | 56; the model adapts to the input, the field is for the data
   and the converter), embedding_dim (512), dropout (0.4), fake_head ('traces' | 'features' | 'embedding' | 'none'),
   dtype ('float32' | 'bfloat16'), bn_axis_name (None or the pmap axis, e.g. 'batch'), space_to_depth (False; True
-  folds a 112 input into 56x56x12 before the backbone).
+  folds a 112 input into 56x56x12 before the backbone), input_norm ('unit' = the backbone reads [-1, 1] as given;
+  'imagenet' = ImageNet mean/std, what the converted MobileFaceNet expects; `jaxface.convert` records it).
+  MobileFaceNet's embedding size is the backbone's (128): an absent embedding_dim means 128, any other value fails
+  with one line (the trainer sizes the AdaFace head from config.model.embedding_dim, so it must say 128).
   """
   get = cfg.get
   arch = get('arch', 'ir_50')
@@ -135,7 +163,13 @@ def build_model(cfg) -> FaceModel:
     raise ValueError(f'config.model.arch {arch!r} is not one of {", ".join(ARCHS)}')
   if get('input_size', 112) not in (112, 56):
     raise ValueError(f"config.model.input_size {get('input_size')!r} is not 112 or 56")
-  return FaceModel(arch=arch, width=float(get('width', 1.0)), embedding_dim=int(get('embedding_dim', 512)),
+  embedding_dim = int(get('embedding_dim', MOBILEFACENET_DIM if arch == 'mobilefacenet' else 512))
+  if arch == 'mobilefacenet' and embedding_dim != MOBILEFACENET_DIM:
+    raise ValueError(f'config.model.embedding_dim {embedding_dim}: mobilefacenet embeds in {MOBILEFACENET_DIM} '
+                     f'dimensions; set --config.model.embedding_dim={MOBILEFACENET_DIM}')
+  if get('input_norm', 'unit') not in INPUT_NORMS:
+    raise ValueError(f"config.model.input_norm {get('input_norm')!r} is not one of {', '.join(INPUT_NORMS)}")
+  return FaceModel(arch=arch, width=float(get('width', 1.0)), embedding_dim=embedding_dim,
                    dropout=float(get('dropout', 0.4)), fake_head=get('fake_head', 'traces'),
                    bn_axis_name=get('bn_axis_name', None), dtype=dtype_from_name(get('dtype', 'float32')),
-                   space_to_depth=bool(get('space_to_depth', False)))
+                   space_to_depth=bool(get('space_to_depth', False)), input_norm=get('input_norm', 'unit'))
