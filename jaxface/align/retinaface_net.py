@@ -38,12 +38,12 @@ def _conv_dw(cin: int, cout: int, stride: int, leaky: float = 0.1) -> nn.Sequent
 class MobileNetV1(nn.Module):
   """MobileNet-0.25 body: (B, 3, H, W) -> strides 8/16/32 with 64/128/256 channels (ceil(H / stride) rows)."""
 
-  def __init__(self):
+  def __init__(self, leaky: float = 0.1):
     super().__init__()
-    self.stage1 = nn.Sequential(_conv_bn(3, 8, 2, leaky=0.1), _conv_dw(8, 16, 1), _conv_dw(16, 32, 2),
-                                _conv_dw(32, 32, 1), _conv_dw(32, 64, 2), _conv_dw(64, 64, 1))
-    self.stage2 = nn.Sequential(_conv_dw(64, 128, 2), *[_conv_dw(128, 128, 1) for _ in range(5)])
-    self.stage3 = nn.Sequential(_conv_dw(128, 256, 2), _conv_dw(256, 256, 1))
+    self.stage1 = nn.Sequential(_conv_bn(3, 8, 2, leaky=leaky), _conv_dw(8, 16, 1, leaky), _conv_dw(16, 32, 2, leaky),
+                                _conv_dw(32, 32, 1, leaky), _conv_dw(32, 64, 2, leaky), _conv_dw(64, 64, 1, leaky))
+    self.stage2 = nn.Sequential(_conv_dw(64, 128, 2, leaky), *[_conv_dw(128, 128, 1, leaky) for _ in range(5)])
+    self.stage3 = nn.Sequential(_conv_dw(128, 256, 2, leaky), _conv_dw(256, 256, 1, leaky))
 
   def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
     c2 = self.stage1(x)
@@ -99,9 +99,8 @@ class ResNet50(nn.Module):
 
 class FPN(nn.Module):
 
-  def __init__(self, in_channels: list[int], width: int):
+  def __init__(self, in_channels: list[int], width: int, leaky: float):
     super().__init__()
-    leaky = 0.1 if width <= 64 else 0.0
     self.output1 = _conv_bn(in_channels[0], width, leaky=leaky, kernel=1)
     self.output2 = _conv_bn(in_channels[1], width, leaky=leaky, kernel=1)
     self.output3 = _conv_bn(in_channels[2], width, leaky=leaky, kernel=1)
@@ -117,9 +116,8 @@ class FPN(nn.Module):
 
 class SSH(nn.Module):
 
-  def __init__(self, width: int):
+  def __init__(self, width: int, leaky: float):
     super().__init__()
-    leaky = 0.1 if width <= 64 else 0.0
     self.conv3X3 = _conv_bn(width, width // 2, act=False)
     self.conv5X5_1 = _conv_bn(width, width // 4, leaky=leaky)
     self.conv5X5_2 = _conv_bn(width // 4, width // 4, act=False)
@@ -149,19 +147,31 @@ class _Head(nn.Module):
 
 class RetinaFace(nn.Module):
   """Body + FPN + SSH + heads: (B, 3, H, W) -> raw (box offsets (B, N, 4), class logits (B, N, 2), landmark offsets
-  (B, N, 10)), N = the priors of `make_priors(H, W, ...)`. `arch` is 'mobile0.25' or 'resnet50'."""
+  (B, N, 10)), N = the priors of `make_priors(H, W, ...)`.
 
-  def __init__(self, arch: str = 'mobile0.25'):
+  Args:
+    arch: 'mobile0.25' or 'resnet50'.
+    leaky: the negative slope of every activation. None is Pytorch_Retinaface's rule, which DFA was trained with:
+      0.1 in MobileNet-0.25 and in FPN/SSH of width <= 64, 0 elsewhere. biubug6/Face-Detector-1MB-with-landmark's
+      net.py builds the same layers with plain ReLU everywhere (its weights need leaky=0: with 0.1 the boxes still
+      look right but the landmarks spread about 2x too far from the anchor).
+  """
+
+  def __init__(self, arch: str = 'mobile0.25', leaky: float | None = None):
     super().__init__()
     if arch == 'resnet50':
-      self.body, in_channels, width = ResNet50(), [512, 1024, 2048], 256
+      in_channels, width = [512, 1024, 2048], 256
+      self.body = ResNet50()
     elif arch in ('mobile0.25', 'mobilenet0.25', 'mobilenet'):
-      self.body, in_channels, width = MobileNetV1(), [64, 128, 256], 64
+      in_channels, width = [64, 128, 256], 64
+      self.body = MobileNetV1(0.1 if leaky is None else leaky)
     else:
       raise ValueError(f'unknown RetinaFace arch {arch!r}: expected resnet50 or mobile0.25')
+    if leaky is None:
+      leaky = 0.1 if width <= 64 else 0.0
     self.arch = arch
-    self.fpn = FPN(in_channels, width)
-    self.ssh1, self.ssh2, self.ssh3 = SSH(width), SSH(width), SSH(width)
+    self.fpn = FPN(in_channels, width, leaky)
+    self.ssh1, self.ssh2, self.ssh3 = SSH(width, leaky), SSH(width, leaky), SSH(width, leaky)
     self.ClassHead = nn.ModuleList([_Head(width, 2) for _ in range(3)])  # pylint: disable=invalid-name
     self.BboxHead = nn.ModuleList([_Head(width, 4) for _ in range(3)])  # pylint: disable=invalid-name
     self.LandmarkHead = nn.ModuleList([_Head(width, 10) for _ in range(3)])  # pylint: disable=invalid-name
