@@ -1,7 +1,8 @@
 """Face alignment. PyTorch lives in this package and nowhere else; importing the package itself does not import torch.
 
-`make_aligner('dfa' | 'mtcnn' | 'none', path, device)` gives an Aligner whose `align(photos)` returns an AlignResult
-of 112x112 faces warped onto ARCFACE_TEMPLATE. `template` and `base` are numpy-only; `dfa` and `mtcnn` import torch.
+`make_aligner('dfa' | 'mtcnn' | 'retinaface' | 'none', path, device)` gives an Aligner whose `align(photos)` returns an
+AlignResult of 112x112 faces warped onto ARCFACE_TEMPLATE. `template` and `base` are numpy-only; `dfa`, `mtcnn`,
+`retinaface` (and `retinaface_net`, the network DFA and RetinaFace share) import torch.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """What every aligner returns, the Aligner interface, and make_aligner.
 
-Numpy only: the `none` aligner (photos already aligned) works without torch; `dfa` and `mtcnn` import torch when made.
+Numpy only: the `none` aligner (photos already aligned) works without torch; `dfa`, `mtcnn` and `retinaface` import
+torch when made.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from jaxface.align import template
 
-ALIGNERS = ('dfa', 'mtcnn', 'none')
+ALIGNERS = ('dfa', 'mtcnn', 'retinaface', 'none')
 
 
 @dataclasses.dataclass
@@ -162,8 +163,10 @@ def make_aligner(name: str, path: str | None = None, device: str | None = None, 
 
   Args:
     name: 'dfa' (CVLFace DFA; `path` is a snapshot folder or a Hugging Face repo id, default
-      minchul/cvlface_DFA_resnet50), 'mtcnn' (weights from the mtcnn package) or 'none' (photos already aligned).
-    path: weights location for 'dfa'; unused otherwise.
+      minchul/cvlface_DFA_resnet50), 'mtcnn' (weights from the mtcnn package), 'retinaface' (RetinaFace
+      MobileNet-0.25; `path` is its .pth, default `retinaface.default_weights_path()`) or 'none' (photos already
+      aligned).
+    path: weights location for 'dfa' and 'retinaface'; unused otherwise.
     device: torch device ('cpu', 'cuda', 'cuda:1'); default CUDA when available.
     **kw: passed to the aligner's constructor (e.g. batch_size, min_score).
   """
@@ -175,4 +178,7 @@ def make_aligner(name: str, path: str | None = None, device: str | None = None, 
   if name == 'mtcnn':
     from jaxface.align import mtcnn  # pylint: disable=import-outside-toplevel
     return mtcnn.MTCNNAligner(device=device, **kw)
+  if name == 'retinaface':
+    from jaxface.align import retinaface  # pylint: disable=import-outside-toplevel
+    return retinaface.RetinaFaceAligner(path, device=device, **kw)
   raise ValueError(f'unknown aligner {name!r}: choose one of {", ".join(ALIGNERS)}')

@@ -12,7 +12,6 @@ full-resolution photo, so crops stay sharp.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import pathlib
@@ -25,142 +24,17 @@ import torch.nn.functional as F
 from torch import nn
 from PIL import Image
 
-from jaxface.align import base
+from jaxface.align import base, retinaface_net
 
 DEFAULT_REPO = 'minchul/cvlface_DFA_resnet50'
 REPO_IDS = {'resnet50': 'minchul/cvlface_DFA_resnet50', 'mobile0.25': 'minchul/cvlface_DFA_mobilenet'}
 NUM_PRIORS = 1050
+# DFA's anchors (2 per cell at strides 8/16/32): bigger than the detector's, as its input is one cropped face.
+DFA_MIN_SIZES = ((64, 80), (96, 112), (128, 144))
 
 
 class SnapshotError(ValueError):
   """A DFA snapshot that cannot be found, downloaded or loaded; the message is one line saying what to do."""
-
-
-# --- building blocks (names follow the RetinaFace code the weights were trained with) ------------------------------
-
-def _conv_bn(cin: int, cout: int, stride: int = 1, leaky: float = 0.0, kernel: int = 3, act: bool = True,
-             groups: int = 1) -> nn.Sequential:
-  layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-  if act:
-    layers.append(nn.LeakyReLU(leaky))
-  return nn.Sequential(*layers)
-
-
-def _conv_dw(cin: int, cout: int, stride: int, leaky: float = 0.1) -> nn.Sequential:
-  """Depthwise 3x3 + pointwise 1x1, each with BN and LeakyReLU: keys .0-.5 as in the trained checkpoints."""
-  return nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
-                       nn.LeakyReLU(leaky), nn.Conv2d(cin, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout),
-                       nn.LeakyReLU(leaky))
-
-
-class MobileNetV1(nn.Module):
-  """MobileNet-0.25 body: (B, 3, 160, 160) -> strides 8/16/32 with 64/128/256 channels."""
-
-  def __init__(self):
-    super().__init__()
-    self.stage1 = nn.Sequential(_conv_bn(3, 8, 2, leaky=0.1), _conv_dw(8, 16, 1), _conv_dw(16, 32, 2),
-                                _conv_dw(32, 32, 1), _conv_dw(32, 64, 2), _conv_dw(64, 64, 1))
-    self.stage2 = nn.Sequential(_conv_dw(64, 128, 2), *[_conv_dw(128, 128, 1) for _ in range(5)])
-    self.stage3 = nn.Sequential(_conv_dw(128, 256, 2), _conv_dw(256, 256, 1))
-
-  def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-    c2 = self.stage1(x)
-    c3 = self.stage2(c2)
-    return [c2, c3, self.stage3(c3)]
-
-
-class Bottleneck(nn.Module):
-  """torchvision's ResNet v1.5 bottleneck (stride on the 3x3 conv)."""
-
-  def __init__(self, cin: int, planes: int, stride: int):
-    super().__init__()
-    cout = planes * 4
-    self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(planes)
-    self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(planes)
-    self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
-    self.bn3 = nn.BatchNorm2d(cout)
-    self.downsample = None
-    if stride != 1 or cin != cout:
-      self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    out = F.relu(self.bn1(self.conv1(x)))
-    out = F.relu(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
-    return F.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class ResNet50(nn.Module):
-  """torchvision ResNet-50 without avgpool/fc: returns layer2/3/4 (512/1024/2048 channels, strides 8/16/32)."""
-
-  def __init__(self):
-    super().__init__()
-    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-    self.bn1 = nn.BatchNorm2d(64)
-    cin = 64
-    for name, planes, blocks, stride in [('layer1', 64, 3, 1), ('layer2', 128, 4, 2), ('layer3', 256, 6, 2),
-                                         ('layer4', 512, 3, 2)]:
-      layers = []
-      for i in range(blocks):
-        layers.append(Bottleneck(cin, planes, stride if i == 0 else 1))
-        cin = planes * 4
-      setattr(self, name, nn.Sequential(*layers))
-
-  def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-    x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
-    c2 = self.layer2(self.layer1(x))
-    c3 = self.layer3(c2)
-    return [c2, c3, self.layer4(c3)]
-
-
-class FPN(nn.Module):
-
-  def __init__(self, in_channels: list[int], width: int):
-    super().__init__()
-    leaky = 0.1 if width <= 64 else 0.0
-    self.output1 = _conv_bn(in_channels[0], width, leaky=leaky, kernel=1)
-    self.output2 = _conv_bn(in_channels[1], width, leaky=leaky, kernel=1)
-    self.output3 = _conv_bn(in_channels[2], width, leaky=leaky, kernel=1)
-    self.merge1 = _conv_bn(width, width, leaky=leaky)
-    self.merge2 = _conv_bn(width, width, leaky=leaky)
-
-  def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-    out1, out2, out3 = self.output1(feats[0]), self.output2(feats[1]), self.output3(feats[2])
-    out2 = self.merge2(out2 + F.interpolate(out3, size=out2.shape[-2:], mode='nearest'))
-    out1 = self.merge1(out1 + F.interpolate(out2, size=out1.shape[-2:], mode='nearest'))
-    return [out1, out2, out3]
-
-
-class SSH(nn.Module):
-
-  def __init__(self, width: int):
-    super().__init__()
-    leaky = 0.1 if width <= 64 else 0.0
-    self.conv3X3 = _conv_bn(width, width // 2, act=False)
-    self.conv5X5_1 = _conv_bn(width, width // 4, leaky=leaky)
-    self.conv5X5_2 = _conv_bn(width // 4, width // 4, act=False)
-    self.conv7X7_2 = _conv_bn(width // 4, width // 4, leaky=leaky)
-    self.conv7x7_3 = _conv_bn(width // 4, width // 4, act=False)
-
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    branch5 = self.conv5X5_1(x)
-    out = torch.cat([self.conv3X3(x), self.conv5X5_2(branch5), self.conv7x7_3(self.conv7X7_2(branch5))], dim=1)
-    return F.relu(out)
-
-
-class _Head(nn.Module):
-  """1x1 conv head: (B, C, H, W) -> (B, H*W*anchors, k) in the priors' order (row, column, anchor)."""
-
-  def __init__(self, width: int, k: int, anchors: int = 2):
-    super().__init__()
-    self.k = k
-    self.conv1x1 = nn.Conv2d(width, anchors * k, 1)
-
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    out = self.conv1x1(x).permute(0, 2, 3, 1)
-    return out.reshape(out.shape[0], -1, self.k)
 
 
 class _Mlp(nn.Module):
@@ -190,54 +64,30 @@ class MixerBlock(nn.Module):
 
 
 def make_priors(input_size: int = 160) -> torch.Tensor:
-  """RetinaFace priors (cx, cy, w, h) in [0, 1]: (1050, 4) at 160, ordered level, row, column, size."""
-  priors = []
-  for step, sizes in zip([8, 16, 32], [[64, 80], [96, 112], [128, 144]]):
-    cells = -(-input_size // step)
-    for i, j in itertools.product(range(cells), range(cells)):
-      for size in sizes:
-        priors.append([(j + 0.5) * step / input_size, (i + 0.5) * step / input_size, size / input_size,
-                       size / input_size])
-  return torch.tensor(priors, dtype=torch.float32)
+  """DFA's priors (cx, cy, w, h) in [0, 1]: (1050, 4) at 160, ordered level, row, column, size."""
+  return retinaface_net.make_priors(input_size, input_size, DFA_MIN_SIZES)
 
 
-class DFANet(nn.Module):
+class DFANet(retinaface_net.RetinaFace):
   """The DFA landmark predictor: (B, 3, S, S) BGR in [-1, 1] -> (B, 16) = box 4 | face logits 2 | landmarks 10.
 
-  Box and landmarks are (x, y) in [0, 1] of the input. `arch` is 'resnet50' or 'mobile0.25'.
+  A RetinaFace (the shared `retinaface_net` body, FPN, SSH and heads) whose 1050 decoded priors an MLP-Mixer weighs into
+  one face. Box and landmarks are (x, y) in [0, 1] of the input. `arch` is 'resnet50' or 'mobile0.25'.
   """
 
   def __init__(self, arch: str = 'resnet50', input_size: int = 160):
-    super().__init__()
-    if arch == 'resnet50':
-      self.body, in_channels, width = ResNet50(), [512, 1024, 2048], 256
-    elif arch in ('mobile0.25', 'mobilenet0.25', 'mobilenet'):
-      self.body, in_channels, width = MobileNetV1(), [64, 128, 256], 64
-    else:
-      raise ValueError(f'unknown DFA arch {arch!r}: expected resnet50 or mobile0.25')
-    self.arch = arch
-    self.fpn = FPN(in_channels, width)
-    self.ssh1, self.ssh2, self.ssh3 = SSH(width), SSH(width), SSH(width)
-    self.ClassHead = nn.ModuleList([_Head(width, 2) for _ in range(3)])  # pylint: disable=invalid-name
-    self.BboxHead = nn.ModuleList([_Head(width, 4) for _ in range(3)])  # pylint: disable=invalid-name
-    self.LandmarkHead = nn.ModuleList([_Head(width, 10) for _ in range(3)])  # pylint: disable=invalid-name
+    try:
+      super().__init__(arch)
+    except ValueError:
+      raise ValueError(f'unknown DFA arch {arch!r}: expected resnet50 or mobile0.25') from None
     priors = make_priors(input_size)
     self.aggregator = nn.Sequential(*[MixerBlock(16, len(priors)) for _ in range(3)], nn.Linear(16, 1))
     self.register_buffer('priors', priors, persistent=False)
-    self.variances = (0.1, 0.2)
+    self.variances = retinaface_net.VARIANCES
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
-    feats = self.fpn(self.body(x))
-    feats = [self.ssh1(feats[0]), self.ssh2(feats[1]), self.ssh3(feats[2])]
-    boxes = torch.cat([h(f) for h, f in zip(self.BboxHead, feats)], dim=1)
-    logits = torch.cat([h(f) for h, f in zip(self.ClassHead, feats)], dim=1)
-    marks = torch.cat([h(f) for h, f in zip(self.LandmarkHead, feats)], dim=1)
-    centre, size = self.priors[None, :, :2], self.priors[None, :, 2:]
-    box_centre = centre + boxes[..., :2] * self.variances[0] * size
-    box_size = size * torch.exp(boxes[..., 2:] * self.variances[1])
-    decoded_boxes = torch.cat([box_centre - box_size / 2, box_centre + box_size / 2], dim=-1)
-    decoded_marks = (centre[:, :, None] + marks.reshape(*marks.shape[:2], 5, 2) * self.variances[0]
-                     * size[:, :, None]).reshape(marks.shape)
+    boxes, logits, marks = self.heads(x)
+    decoded_boxes, decoded_marks = retinaface_net.decode(boxes, marks, self.priors, self.variances)
     combined = torch.cat([decoded_boxes, logits, decoded_marks], dim=2)  # (B, 1050, 16)
     weight = torch.softmax(self.aggregator(combined), dim=1)
     return (weight * combined).sum(dim=1)
@@ -291,25 +141,9 @@ def guess_arch(keys: Any) -> str:
 
 
 def load_strict(net: DFANet, tensors: dict[str, torch.Tensor], path: pathlib.Path, prefix: str) -> None:
-  """Copies tensors into net; any missing, extra or mis-shaped key raises SnapshotError naming the key.
-
-  BatchNorm's num_batches_tracked counters may be absent (they do not affect inference).
-  """
-  expected = net.state_dict()
-  missing = [k for k in expected if k not in tensors and not k.endswith('num_batches_tracked')]
-  extra = [k for k in tensors if k not in expected]
-  arch_hint = f'(the net was built as {net.arch}: check config.json "arch")'
-  if missing:
-    more = f' and {len(missing) - 1} more' if len(missing) > 1 else ''
-    raise SnapshotError(f'{path}: missing key {prefix}{missing[0]}{more} {arch_hint}')
-  if extra:
-    more = f' and {len(extra) - 1} more' if len(extra) > 1 else ''
-    raise SnapshotError(f'{path}: unexpected key {prefix}{extra[0]}{more} {arch_hint}')
-  for key, value in tensors.items():
-    if tuple(value.shape) != tuple(expected[key].shape):
-      raise SnapshotError(f'{path}: key {prefix}{key} has shape {tuple(value.shape)}, expected '
-                          f'{tuple(expected[key].shape)} {arch_hint}')
-  net.load_state_dict(tensors, strict=False)
+  """Copies tensors into net; a missing, extra or mis-shaped key raises SnapshotError naming the key."""
+  retinaface_net.load_strict(net, tensors, path, prefix, hint=f'(the net was built as {net.arch}: check config.json '
+                             '"arch")', error=SnapshotError)
 
 
 _REPO_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[\w.-]+$')
