@@ -36,8 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.space_to_depth = True
 
   # ------------------------------------------------------------------------------------------------------------- data
-  from jaxface.data import pipeline  # pylint: disable=g-import-not-at-top
-  config.data = pipeline.default_data_config()
+  from jaxface.data import data_config  # pylint: disable=g-import-not-at-top
+  config.data = data_config.default_data_config()
   config.data.source = 'synthetic'  # 'synthetic' (generated on first use) or 'tfds' (scripts/preprocess.py output)
   config.data.tfds_dir = ''
   config.data.aligner = 'none'  # how the dataset was aligned; evaluation aligns raw photos the same way
