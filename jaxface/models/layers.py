@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxface.ops.batchnorm import batch_norm_train
 from jaxface.ops.conv import conv2d
 
 # PyTorch's default Kaiming-uniform(a=sqrt(5)) init of Conv2d is variance 1/(3 fan_in); He-normal suits ReLU-like
@@ -59,15 +60,55 @@ class PReLU(nn.Module):
     return jnp.where(x >= 0, x, alpha.astype(x.dtype) * x)
 
 
-def batch_norm(train: bool, axis_name: str | None, dtype: Any = jnp.float32, **kwargs) -> nn.BatchNorm:
+class BatchNorm(nn.Module):
+  """`flax.linen.BatchNorm` over the last axis, same variables ('scale', 'bias'; 'mean', 'var' in 'batch_stats') and
+  same values, with its per-channel sums routed through `jaxface.ops.batchnorm` (fast on XLA:CPU; plain sums elsewhere).
+
+  Statistics are computed in float32 (the biased batch variance E[x^2] - E[x]^2, as Flax's fast variance), summed
+  over `axis_name` when given, and the output is x * a + b in `dtype` with a = scale / sqrt(var + eps),
+  b = bias - mean * a; in training its gradient is `batch_norm_train`'s hand-written one.
+  """
+  use_running_average: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  axis_name: str | None = None
+  use_scale: bool = True
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  scale_init: Any = nn.initializers.ones
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(..., C) -> (..., C) in `dtype`."""
+    c = x.shape[-1]
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+    scale = (self.param('scale', self.scale_init, (c,), self.param_dtype) if self.use_scale
+             else jnp.ones((c,), jnp.float32))
+    bias = (self.param('bias', self.bias_init, (c,), self.param_dtype) if self.use_bias
+            else jnp.zeros((c,), jnp.float32))
+    if self.use_running_average:
+      a = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
+      return x.astype(self.dtype) * a.astype(self.dtype) + (bias - ra_mean.value * a).astype(self.dtype)
+    axis_name = None if self.is_initializing() else self.axis_name
+    y, mean, var = batch_norm_train(x.astype(self.dtype), scale, bias, self.epsilon, axis_name)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y
+
+
+def batch_norm(train: bool, axis_name: str | None, dtype: Any = jnp.float32, **kwargs) -> BatchNorm:
   """A BatchNorm with PyTorch's defaults (eps 1e-5, momentum 0.1 = Flax momentum 0.9).
 
   `axis_name` (e.g. 'batch' under pmap) averages batch statistics across devices; it is only used in training, so
   evaluation outside pmap works with the same module. Running variance is Flax's biased batch variance, PyTorch
   keeps the unbiased one: they differ by a factor B/(B-1) during training only, and converted statistics are used as they are.
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      axis_name=axis_name if train else None, dtype=dtype, param_dtype=jnp.float32, **kwargs)
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                   axis_name=axis_name if train else None, dtype=dtype, param_dtype=jnp.float32, **kwargs)
 
 
 def dtype_from_name(name: str) -> Any:
@@ -78,4 +119,4 @@ def dtype_from_name(name: str) -> Any:
   return dtypes[name]
 
 
-__all__ = ['Conv', 'PReLU', 'batch_norm', 'dtype_from_name']
+__all__ = ['BatchNorm', 'Conv', 'PReLU', 'batch_norm', 'dtype_from_name']

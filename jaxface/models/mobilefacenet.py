@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from jaxface.models.iresnet import scaled_channels
 from jaxface.models.layers import Conv, batch_norm
+from jaxface.ops.depthwise import depthwise_conv2d
 
 # (expansion t, output channels c, blocks n, first stride s), as the original's Mobilefacenet_bottleneck_setting.
 INVERTED_RESIDUAL = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
@@ -28,10 +29,12 @@ EMBEDDING_DIM = 128
 
 
 class DepthwiseConv(nn.Module):
-  """Depthwise conv (one kernel per channel, `feature_group_count` = C), bias-free, symmetric explicit padding.
+  """Depthwise conv (one kernel per channel), bias-free, symmetric explicit padding.
 
-  `jaxface.ops.conv.conv2d` has no groups, so lax's grouped convolution runs here. Kernel (k, k, 1, C) as Flax's HWIO
-  for grouped convs; PyTorch's (C, 1, k, k) converts with the same transpose as a dense conv.
+  Runs `jaxface.ops.depthwise.depthwise_conv2d`: the grouped convolution (`feature_group_count` = C) on GPU and TPU,
+  shifted multiply-adds with a blocked filter gradient on CPU, where XLA's grouped convolution is 10-80 times slower
+  (module docstring there). Kernel (k, k, 1, C) as Flax's HWIO for grouped convs; PyTorch's (C, 1, k, k) converts with
+  the same transpose as a dense conv.
   """
   kernel_size: int = 3
   stride: int = 1
@@ -44,10 +47,7 @@ class DepthwiseConv(nn.Module):
     channels = x.shape[-1]
     kernel = self.param('kernel', nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
                         (self.kernel_size, self.kernel_size, 1, channels), jnp.float32)
-    p = self.padding
-    return jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride), ((p, p), (p, p)),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=channels)
+    return depthwise_conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
 
 
 class ConvBN(nn.Module):

@@ -37,6 +37,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: tuple[int,
   inputs, which shifts the sampling grid against PyTorch-trained weights. Values equal `lax.conv_general_dilated`;
   on CPU the strided input gradient and (where YNNPACK is on) the filter gradient take faster routes (module docstring).
   """
+  if kernel.shape[:2] == (1, 1) and int(stride) == 1 and tuple(padding) == (0, 0):
+    # A 1x1 convolution is a matrix product; as one, both gradients are matrix products too (as a convolution, XLA:CPU
+    # wraps its filter gradient in full-size transposes of x and dy).
+    return jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0].astype(x.dtype)).reshape(*x.shape[:-1], kernel.shape[-1])
   return _conv2d(x, kernel.astype(x.dtype), int(stride), (int(padding[0]), int(padding[1])))
 
 
