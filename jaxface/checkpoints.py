@@ -104,8 +104,30 @@ def _resolve(path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, int | None
       f'{path}: not a jaxface checkpoint (pass a training workdir, its best/ folder, or one checkpoint step folder)')
 
 
+def _load_converted_inference(path: pathlib.Path) -> tuple[ml_collections.ConfigDict, dict, dict]:
+  """A `python -m jaxface.convert` folder as an identity-only model: the pretrained backbone, no fake head (scores are
+  the plain cosine, fuse strength 0), the default data settings (`jaxface.data.data_config`: aligner, face size)."""
+  from jaxface import convert  # pylint: disable=g-import-not-at-top
+  from jaxface.data.data_config import default_data_config  # pylint: disable=g-import-not-at-top
+
+  info = convert.read_convert_info(path)
+  config = ml_collections.ConfigDict({'model': {}, 'data': default_data_config()})
+  config.model.arch = info['arch']
+  config.model.width = float(info.get('width', 1.0))
+  config.model.input_size = int(info.get('input_size', 112))
+  config.model.embedding_dim = int(info.get('embedding_dim', 512))
+  config.model.input_norm = info.get('input_norm', 'unit')
+  config.model.fake_head = 'none'
+  config.model.space_to_depth = False
+  config.data.image_size = config.model.input_size
+  converted = convert.load_converted(path)
+  variables = {'params': {'backbone': converted['params']}, 'batch_stats': {'backbone': converted['batch_stats']}}
+  return config, variables, {'fuse_strength': 0.0, 'threshold': 0.5}
+
+
 def load_inference(path: str | pathlib.Path) -> tuple[ml_collections.ConfigDict, dict, dict]:
-  """Loads what inference needs from a workdir (its best checkpoint, else its latest) or one step folder.
+  """Loads what inference needs from a workdir (its best checkpoint, else its latest), one step folder, or a converted
+  pretrained backbone (`python -m jaxface.convert --out DIR`: scored by cosine alone, no fake head).
 
   Returns:
     (config, variables, scoring): the run's ConfigDict; the FaceModel variables {'params', 'batch_stats'};
@@ -117,6 +139,8 @@ def load_inference(path: str | pathlib.Path) -> tuple[ml_collections.ConfigDict,
   path = pathlib.Path(path)
   if not path.exists():
     raise CheckpointError(f'{path}: checkpoint not found (train one with python -m jaxface.train --workdir DIR)')
+  if (path / 'convert.json').is_file():
+    return _load_converted_inference(path)
   workdir, directory, step = _resolve(path)
   config = load_config(workdir)
   model = build_model(config.model)

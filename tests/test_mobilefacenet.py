@@ -60,6 +60,26 @@ def test_strict_errors_name_the_key(damage):
   assert '\n' not in message and key in message and 'bad.pt' in message
 
 
+def test_parity_with_the_pytorch_twin_in_the_real_key_layout():
+  """The PyTorch twin (tests/torch_reference.py, foamliu's module tree), random weights and statistics, converted
+  through the real import path: embeddings agree to < 1e-4 (relative to their scale), in eval mode."""
+  torch = pytest.importorskip('torch')
+  from torch_reference import build_torch_mobilefacenet, randomize  # pylint: disable=import-outside-toplevel
+  net = randomize(build_torch_mobilefacenet(), seed=3, batch_size=4)
+  state = {k: v.numpy() for k, v in net.state_dict().items()}
+  assert set(state) == set(random_state_dict())  # the twin's keys are the real file's
+  variables, _ = convert.convert_mobilefacenet(state, 'twin.pt')
+  x = np.random.default_rng(0).normal(size=(3, 112, 112, 3)).astype(np.float32)
+  with torch.no_grad():
+    theirs = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  with jax.default_matmul_precision('highest'):
+    ours, _ = MobileFaceNet().apply(variables, jnp.asarray(x))
+  ours = np.asarray(ours)
+  error = np.abs(ours - theirs).max() / np.abs(theirs).max()
+  print(f'\nPyTorch twin: max |diff| / max |embedding| = {error:.2e}')
+  assert error < 1e-4
+
+
 def _real_file(name: str) -> pathlib.Path:
   path = WEIGHTS / name
   if not path.is_file():

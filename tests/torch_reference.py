@@ -114,3 +114,82 @@ def randomize(net: nn.Module, seed: int = 0, input_size: int = 112, batches: int
       module.running_mean.add_(torch.randn(module.running_mean.shape, generator=gen) * 0.05)
       module.running_var.mul_(0.8 + 0.4 * torch.rand(module.running_var.shape, generator=gen))
   return net.eval()
+
+
+# ---------------------------------------------------------------------------------------------------- MobileFaceNet
+# foamliu/MobileFaceNet's `mobilefacenet.py` module tree (the key names of the real `mobilefacenet_ms1m.pt`):
+# conv1.{0,1}, dw_conv.{depthwise,bn1,pointwise,bn2}, features.<i>.conv.{0.{0,1}, 1.{0,1}, 2, 3}, conv2.{0,1},
+# gdconv.{depthwise,bn}, conv3 (1x1 with bias), bn. Written from that layout, not from jaxface's Flax module.
+
+MOBILEFACENET_SETTING = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
+
+
+def _conv_bn_relu6(cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> nn.Sequential:
+  return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+                       nn.BatchNorm2d(cout), nn.ReLU6(inplace=False))
+
+
+class InvertedResidual(nn.Module):
+  """MobileNetV2 block: expand 1x1 ReLU6, depthwise 3x3 ReLU6, project 1x1 + BN, residual when shapes agree."""
+
+  def __init__(self, cin: int, cout: int, stride: int, expansion: int):
+    super().__init__()
+    hidden = cin * expansion
+    self.use_residual = stride == 1 and cin == cout
+    self.conv = nn.Sequential(_conv_bn_relu6(cin, hidden, 1, 1), _conv_bn_relu6(hidden, hidden, 3, stride, hidden),
+                              nn.Conv2d(hidden, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout))
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    y = self.conv(x)
+    return x + y if self.use_residual else y
+
+
+class DepthWiseSeparable(nn.Module):
+  def __init__(self, channels: int):
+    super().__init__()
+    self.depthwise = nn.Conv2d(channels, channels, 3, 1, 1, groups=channels, bias=False)
+    self.bn1 = nn.BatchNorm2d(channels)
+    self.pointwise = nn.Conv2d(channels, channels, 1, 1, 0, bias=False)
+    self.bn2 = nn.BatchNorm2d(channels)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    x = torch.relu(self.bn1(self.depthwise(x)))
+    return torch.relu(self.bn2(self.pointwise(x)))
+
+
+class GlobalDepthwise(nn.Module):
+  def __init__(self, channels: int, kernel: int):
+    super().__init__()
+    self.depthwise = nn.Conv2d(channels, channels, kernel, 1, 0, groups=channels, bias=False)
+    self.bn = nn.BatchNorm2d(channels)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.bn(self.depthwise(x))
+
+
+class TorchMobileFaceNet(nn.Module):
+  """forward(x (B, 3, S, S), ImageNet-normalised RGB) -> the un-normalised 128-d embedding (B, 128)."""
+
+  def __init__(self, input_size: int = 112):
+    super().__init__()
+    self.conv1 = nn.Sequential(nn.Conv2d(3, 64, 3, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU6(inplace=False))
+    self.dw_conv = DepthWiseSeparable(64)
+    blocks, cin = [], 64
+    for t, c, n, s in MOBILEFACENET_SETTING:
+      for k in range(n):
+        blocks.append(InvertedResidual(cin, c, s if k == 0 else 1, t))
+        cin = c
+    self.features = nn.Sequential(*blocks)
+    self.conv2 = nn.Sequential(nn.Conv2d(128, 512, 1, 1, 0, bias=False), nn.BatchNorm2d(512), nn.ReLU6(inplace=False))
+    self.gdconv = GlobalDepthwise(512, input_size // 16)
+    self.conv3 = nn.Conv2d(512, 128, 1, 1, 0)
+    self.bn = nn.BatchNorm2d(128)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    x = self.features(self.dw_conv(self.conv1(x)))
+    x = self.bn(self.conv3(self.gdconv(self.conv2(x))))
+    return x.flatten(1)
+
+
+def build_torch_mobilefacenet(input_size: int = 112) -> TorchMobileFaceNet:
+  return TorchMobileFaceNet(input_size).eval()
