@@ -1,10 +1,12 @@
 r"""Benchmarks jaxface against an equivalent PyTorch pipeline; see BENCHMARKS.md for measured figures.
 
   python scripts/bench.py --stage train --arch ir18 --batch 32           # jit train step vs PyTorch eager, and the ratio
+  python scripts/bench.py --stage train --arch mobilefacenet --batch 64  # the pretrained real-faces backbone vs its twin
+  python scripts/bench.py --stage ops --batch 32                         # depthwise conv and BatchNorm: XLA/Flax vs jaxface vs PyTorch
   python scripts/bench.py --stage conv --batch 32                        # conv2d (custom VJP) vs lax vs PyTorch per IR-18 shape
   python scripts/bench.py --stage all --json bench.json                  # every stage, each in its own subprocess
 
-Stages: conv, train, infer, align, pipeline. Each figure is the median of --repeats timed runs after warm-up; JAX and
+Stages: conv, ops, train, infer, align, pipeline. Each figure is the median of --repeats timed runs after warm-up; JAX and
 PyTorch runs alternate within one process so that load from other programs hits both alike. Each stage runs in a child
 process (unless --in-process) so its peak resident memory (ru_maxrss) is its own.
 """
@@ -26,10 +28,11 @@ from typing import Any, Callable
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-STAGES = ('conv', 'train', 'infer', 'align', 'pipeline')
-ARCHS = {'ir18': 'ir_18', 'ir50': 'ir_50'}
+STAGES = ('conv', 'ops', 'train', 'infer', 'align', 'pipeline')
+ARCHS = {'ir18': 'ir_18', 'ir50': 'ir_50', 'mobilefacenet': 'mobilefacenet'}
 # Forward FLOPs per 112x112 image, multiply-adds counted as 2 (reference.md section 8).
-FORWARD_FLOPS = {'ir_18': 5.19e9, 'ir_50': 12.6e9}
+# MobileFaceNet: XLA's cost analysis of the forward pass at batch 1 (convolutions, BatchNorm and activations).
+FORWARD_FLOPS = {'ir_18': 5.19e9, 'ir_50': 12.6e9, 'mobilefacenet': 0.48e9}
 # Dense bfloat16 peak FLOP/s of accelerators we may meet, for the share-of-peak figure.
 BF16_PEAK = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, 'TPU v4': 275e12, 'TPU v5e': 197e12}
 NUM_CLASSES = 1000
@@ -167,6 +170,10 @@ def bench_config(arch: str, batch: int):
   config.model.width = 1.0
   config.model.input_size = 112
   config.model.dropout = 0.4
+  if arch == 'mobilefacenet':
+    config.model.embedding_dim = 128
+    config.model.input_norm = 'imagenet'
+    config.model.dropout = 0.0
   config.model.fake_head = 'features'
   config.model.space_to_depth = False  # the PyTorch twin reads 112x112x3, as AdaFace's IR nets do
   config.model.bn_axis_name = None
@@ -242,26 +249,35 @@ def _fallback_train_step(model, head, config):
 
 
 def torch_face_model(arch: str):
-  """The PyTorch twin of FaceModel(fake_head='features') + AdaFaceHead: official IR net, the same fake head."""
+  """The PyTorch twin of FaceModel(fake_head='features') + AdaFaceHead: official IR net (or foamliu's MobileFaceNet),
+  the same fake head (a conv3x3-BN-ReLU on the stage-1 map, mean+std pooled with the stage-2 map and the embedding)."""
   import torch  # pylint: disable=import-outside-toplevel
   from torch import nn  # pylint: disable=import-outside-toplevel
-  from tests.torch_reference import build_torch_ir  # pylint: disable=import-outside-toplevel
+  from tests.torch_reference import build_torch_ir, build_torch_mobilefacenet  # pylint: disable=import-outside-toplevel
+
+  mobile = arch == 'mobilefacenet'
+  dim, stage1_ch, stage2_ch = (128, 64, 64) if mobile else (512, 64, 128)
 
   class TorchFaceModel(nn.Module):
     def __init__(self):
       super().__init__()
-      self.backbone = build_torch_ir(arch).train()
-      self.trace = nn.Sequential(nn.Conv2d(64, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
-      self.norm = nn.LayerNorm(512 + 2 * 64 + 2 * 128)
-      self.mlp = nn.Sequential(nn.Linear(512 + 2 * 64 + 2 * 128, 256), nn.ReLU(), nn.Linear(256, 1))
-      self.class_weights = nn.Parameter(torch.randn(512, NUM_CLASSES))
+      self.backbone = (build_torch_mobilefacenet() if mobile else build_torch_ir(arch)).train()
+      self.trace = nn.Sequential(nn.Conv2d(stage1_ch, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+      self.norm = nn.LayerNorm(dim + 2 * 64 + 2 * stage2_ch)
+      self.mlp = nn.Sequential(nn.Linear(dim + 2 * 64 + 2 * stage2_ch, 256), nn.ReLU(), nn.Linear(256, 1))
+      self.class_weights = nn.Parameter(torch.randn(dim, NUM_CLASSES))
 
     @staticmethod
     def pool(x):
       return torch.cat([x.mean((2, 3)), torch.sqrt(x.var((2, 3), unbiased=False) + 1e-5)], 1)
 
-    def forward(self, images):
+    def stages_and_embedding(self, images):
       b = self.backbone
+      if mobile:
+        stage1 = b.dw_conv(b.conv1(images))
+        stage2 = b.features[:5](stage1)
+        x = b.features[5:](stage2)
+        return [stage1, stage2], b.bn(b.conv3(b.gdconv(b.conv2(x)))).flatten(1)
       x = b.input_layer(images)
       units = list(b.body)
       stage_ends = [sum(len_ for len_ in _units_per_stage(arch)[:i + 1]) for i in range(4)]
@@ -270,7 +286,10 @@ def torch_face_model(arch: str):
         x = unit(x)
         if i + 1 in stage_ends:
           stages.append(x)
-      embedding = b.output_layer(x)
+      return stages, b.output_layer(x)
+
+    def forward(self, images):
+      stages, embedding = self.stages_and_embedding(images)
       normed = nn.functional.normalize(embedding, dim=1)
       parts = [normed.detach(), self.pool(self.trace(stages[0])), self.pool(stages[1])]
       fake_logit = self.mlp(self.norm(torch.cat(parts, 1)))[:, 0]
@@ -374,6 +393,80 @@ def stage_train(args) -> dict[str, Any]:
   if 'ratio_jax_over_torch_compile' in result:
     print(f"ratio jax / torch.compile (images/s): {result['ratio_jax_over_torch_compile']:.2f}")
   return result
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# ops: MobileFaceNet's CPU weak spots, depthwise convolutions and BatchNorm, against XLA's / Flax's own and PyTorch.
+# ----------------------------------------------------------------------------------------------------------------------
+
+# (side, channels, stride) of MobileFaceNet's depthwise 3x3 convs at 112x112 input, and how many it has.
+MOBILEFACENET_DEPTHWISE = [(56, 64, 1, 1), (56, 128, 2, 1), (28, 128, 1, 4), (28, 256, 2, 1), (14, 256, 1, 6),
+                           (14, 512, 2, 1), (7, 256, 1, 2)]
+
+
+def stage_ops(args) -> dict[str, Any]:
+  import flax.linen as fnn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from jaxface.models.layers import BatchNorm  # pylint: disable=import-outside-toplevel
+  from jaxface.ops import depthwise  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(0)
+  rows = []
+  for side, channels, stride, count in MOBILEFACENET_DEPTHWISE:
+    x = jnp.asarray(rng.standard_normal((args.batch, side, side, channels)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 1, channels)) * 0.3, jnp.float32)
+    runs = {}
+    for name, fn in (('lax', depthwise.depthwise_conv2d_lax), ('jaxface', depthwise.depthwise_conv2d)):
+      fwd = jax.jit(lambda x_, k_, fn=fn: fn(x_, k_, stride, 1))
+      grad = jax.jit(jax.grad(lambda x_, k_, fn=fn: jnp.sum(fn(x_, k_, stride, 1) ** 2), argnums=(0, 1)))
+      runs[f'{name}_fwd'] = functools.partial(lambda f: jax.block_until_ready(f(x, k)), fwd)
+      runs[f'{name}_grad'] = functools.partial(lambda f: jax.block_until_ready(f(x, k)), grad)
+    xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+    kt = torch.from_numpy(np.asarray(k).transpose(3, 2, 0, 1).copy()).requires_grad_(True)
+    conv = lambda: torch.nn.functional.conv2d(xt, kt, stride=stride, padding=1, groups=channels)
+
+    def torch_grad():
+      (conv() ** 2).sum().backward()
+    runs['torch_fwd'] = lambda: conv().detach()
+    runs['torch_grad'] = torch_grad
+    for run in runs.values():
+      run()
+    times = alternate(runs, args.repeats)
+    row = {'op': f'depthwise 3x3 {side}x{side}x{channels} s{stride}', 'count': count,
+           **{key: round(v * 1000, 2) for key, v in times.items()}}
+    rows.append(row)
+  for side, channels in ((56, 64), (28, 128), (14, 256), (7, 512)):
+    x = jnp.asarray(rng.standard_normal((args.batch, side, side, channels)), jnp.float32)
+    runs = {}
+    for name, module in (('lax', fnn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)),
+                         ('jaxface', BatchNorm(use_running_average=False))):
+      variables = module.init(jax.random.key(0), x)
+      apply = lambda p, x_, m=module, v=variables: m.apply({'params': p, 'batch_stats': v['batch_stats']}, x_,
+                                                           mutable=['batch_stats'])[0]
+      fwd = jax.jit(apply)
+      grad = jax.jit(jax.grad(lambda p, x_, f=apply: jnp.sum(f(p, x_) ** 2), argnums=(0, 1)))
+      runs[f'{name}_fwd'] = functools.partial(lambda f, p: jax.block_until_ready(f(p, x)), fwd, variables['params'])
+      runs[f'{name}_grad'] = functools.partial(lambda f, p: jax.block_until_ready(f(p, x)), grad, variables['params'])
+    bn = torch.nn.BatchNorm2d(channels).train()
+    xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+
+    def torch_bn_grad():
+      (bn(xt) ** 2).sum().backward()
+    runs['torch_fwd'] = lambda: bn(xt).detach()
+    runs['torch_grad'] = torch_bn_grad
+    for run in runs.values():
+      run()
+    times = alternate(runs, args.repeats)
+    rows.append({'op': f'batchnorm {side}x{side}x{channels}', 'count': 1,
+                 **{key: round(v * 1000, 2) for key, v in times.items()}})
+  for row in rows:
+    print(f"{row['op']:34s} x{row['count']}  fwd lax/flax {row['lax_fwd']:8.1f} jaxface {row['jaxface_fwd']:7.1f} "
+          f"torch {row['torch_fwd']:7.1f} | grad lax/flax {row['lax_grad']:8.1f} jaxface {row['jaxface_grad']:7.1f} "
+          f"torch {row['torch_grad']:7.1f} ms", flush=True)
+  return {'batch': args.batch, 'unit': 'ms per call (median)', 'rows': rows}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -545,7 +638,7 @@ def run_stage(args, stage: str) -> dict[str, Any]:
     # XLA:CPU needs about a minute of CPU time to compile an IR-18 train step; a second run reuses it from disk.
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(args.compile_cache))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-  fn = {'conv': stage_conv, 'train': stage_train, 'infer': stage_infer, 'align': stage_align,
+  fn = {'conv': stage_conv, 'ops': stage_ops, 'train': stage_train, 'infer': stage_infer, 'align': stage_align,
         'pipeline': stage_pipeline}[stage]
   start = time.perf_counter()
   result = fn(args)

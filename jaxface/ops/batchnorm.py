@@ -3,7 +3,7 @@
 XLA:CPU emits a sum over the leading axes of an NHWC map (what BatchNorm's statistics, and the gradients of its scale,
 shift and input, all are) as a column reduction that runs about 15 times slower than the same sum written as a
 matrix-vector product with a vector of ones: on a (32, 56, 56, 128) float32 map, 53 ms against 3.5 ms here
-(`scripts/bench.py --stage batchnorm` prints current figures). A BatchNorm layer's backward pass in a MobileFaceNet
+(`scripts/bench.py --stage ops` prints current figures). A BatchNorm layer's backward pass in a MobileFaceNet
 training step spent 330 ms on one such map. So, on CPU only:
 
 - :func:`channel_sum` is `ones @ x.reshape(-1, C)` (at HIGHEST precision, so no reduced-precision product);

@@ -1,7 +1,7 @@
 """Depthwise 2-D convolution (one k x k kernel per channel), as MobileFaceNet uses it.
 
 Why not just `lax.conv_general_dilated(..., feature_group_count=C)` on CPU: XLA:CPU runs grouped convolutions through
-a slow generic path. Measured here (2 cores, batch 32, 3x3, fp32; `scripts/bench.py --stage depthwise` prints the
+a slow generic path. Measured here (2 cores, batch 32, 3x3, fp32; `scripts/bench.py --stage ops` prints the
 current figures): 56x56x128 stride 1, forward 1592 ms against 20 ms as nine shifted multiply-adds; its filter gradient
 1156 ms as XLA emits it (nine column reductions over B*H*W) against 126-147 ms as one matrix-vector product per tap over
 blocks of images inside a `lax.scan` (the blocks stay in cache). So on CPU:
