@@ -268,9 +268,11 @@ def check_converted(path: str | pathlib.Path, model_config) -> None:
   Folders converted before input_norm was recorded hold IR nets, which read [-1, 1] ('unit').
   """
   info = read_convert_info(path)
-  for field, default in (('arch', None), ('input_norm', 'unit'), ('embedding_dim', 512)):
-    want = info.get(field, 'unit' if field == 'input_norm' else None)
-    have = model_config.get(field, default)
+  # (field, what an old convert.json without it means, config.model's default)
+  for field, recorded_default, config_default in (('arch', None, None), ('input_norm', 'unit', 'unit'),
+                                                  ('embedding_dim', None, 512)):
+    want = info.get(field, recorded_default)
+    have = model_config.get(field, config_default)
     if want is not None and have != want:
       raise ConversionError(f'{path}: converted with {field}={want!r} but config.model.{field} is {have!r}; '
                             f'rerun with --config.model.{field}={want}')

@@ -17,6 +17,8 @@ dlib is imported only when a peer is built; `import jaxface` does not import it.
 """
 from __future__ import annotations
 
+import sys
+
 import dataclasses
 import importlib.util
 import pathlib
@@ -93,7 +95,6 @@ def score_pairs(peer, data_dir, labels: dict | None = None, progress: bool = Fal
 
   A photo that cannot be read is reported on stderr (one line) and its pair scored -1e9 (rejected), not dropped.
   """
-  import sys  # pylint: disable=import-outside-toplevel
   pairs = challenge.list_test_pairs(data_dir)
   if not pairs:
     raise PeerError(f'{challenge.test_pairs_dir(data_dir)}: no test pairs (expected test_public/<pair_id>/0.jpg,1.jpg)')
