@@ -642,10 +642,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           summaries, t0, seen = [], time.time(), 0
         if step % eval_every == 0 or step == total_steps:
           val_metrics = validate(step, checkpoints.inference_variables(_unreplicate(rstate)))
-        checkpoints.save(manager, step, _unreplicate(rstate), {'step': step, 'scoring': best_meta.get('scoring', {})},
-                         force=step == total_steps)
+        saved = checkpoints.save(manager, step, _unreplicate(rstate),
+                                 {'step': step, 'scoring': best_meta.get('scoring', {})}, force=step == total_steps)
         if preemption.requested:
-          checkpoints.save(manager, step, _unreplicate(rstate), {'step': step}, force=True)
+          if not saved:  # a SIGTERM on a step just saved (the last one, say) must not save it twice: Orbax refuses
+            checkpoints.save(manager, step, _unreplicate(rstate), {'step': step}, force=True)
           manager.wait_until_finished()
           log.warning('SIGTERM: saved the checkpoint at step %d in %s; rerun the same command to resume', step,
                       manager.directory)

@@ -186,7 +186,12 @@ def test_sigkill_resumes_and_sigterm_saves(tmp_path, cache):
     if 'Resuming from' in line:
       break
   assert f'at step {killed_at}' in output, output[-3000:]
-  time.sleep(15)
+  # SIGTERM once the resumed run has saved a step of its own (so it is training, with steps left), not after a fixed
+  # sleep: the train step got faster and a fixed 15 s let the run finish first.
+  while time.time() < deadline and proc.poll() is None:
+    if any(int(p.name) > killed_at for p in ckpts.glob('*') if p.name.isdigit()):
+      break
+    time.sleep(0.2)
   proc.send_signal(signal.SIGTERM)
   rest, _ = proc.communicate(timeout=300)
   output += rest
