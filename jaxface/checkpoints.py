@@ -139,7 +139,8 @@ def load_inference(path: str | pathlib.Path) -> tuple[ml_collections.ConfigDict,
   path = pathlib.Path(path)
   if not path.exists():
     raise CheckpointError(f'{path}: checkpoint not found (train one with python -m jaxface.train --workdir DIR)')
-  if (path / 'convert.json').is_file():
+  from jaxface import convert  # pylint: disable=g-import-not-at-top
+  if (path / convert.INFO_FILE).is_file():
     return _load_converted_inference(path)
   workdir, directory, step = _resolve(path)
   config = load_config(workdir)

@@ -51,6 +51,9 @@ _LEAF = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight', ('params
 _ANCHOR = 'input_layer.0.weight'
 
 
+# What `save_converted` writes next to the weights (arch, input_norm, embedding_dim, ...): marks a converted folder.
+INFO_FILE = 'convert.json'
+
 class ConversionError(ValueError):
   """A checkpoint that cannot be converted; the message is one line naming the file or key and what to do."""
 
@@ -288,7 +291,7 @@ def save_converted(variables: dict[str, Any], out_dir: str | pathlib.Path, info:
   out_dir.mkdir(parents=True, exist_ok=True)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(target, variables)
-  (out_dir / 'convert.json').write_text(json.dumps(info, indent=2) + '\n')
+  (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + '\n')
   return out_dir
 
 
@@ -309,7 +312,7 @@ def load_converted(path: str | pathlib.Path) -> dict[str, Any]:
 
 def read_convert_info(path: str | pathlib.Path) -> dict[str, Any]:
   """The convert.json written next to a converted checkpoint: arch, input_size, source_bgr, prefix, left_out."""
-  return json.loads((pathlib.Path(path) / 'convert.json').read_text())
+  return json.loads((pathlib.Path(path) / INFO_FILE).read_text())
 
 
 def graft_backbone(variables: dict[str, Any], converted: dict[str, Any]) -> dict[str, Any]:

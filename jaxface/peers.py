@@ -17,11 +17,10 @@ dlib is imported only when a peer is built; `import jaxface` does not import it.
 """
 from __future__ import annotations
 
-import sys
-
 import dataclasses
 import importlib.util
 import pathlib
+import sys
 from collections.abc import Sequence
 
 import numpy as np

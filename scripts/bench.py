@@ -404,6 +404,13 @@ MOBILEFACENET_DEPTHWISE = [(56, 64, 1, 1), (56, 128, 2, 1), (28, 128, 1, 4), (28
                            (14, 512, 2, 1), (7, 256, 1, 2)]
 
 
+def _timed_row(op: str, count: int, runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Any]:
+  """Warms every runner up (compiles), times them in alternation: {'op', 'count', runner: ms (median)}."""
+  for run in runs.values():
+    run()
+  return {'op': op, 'count': count, **{key: round(v * 1000, 2) for key, v in alternate(runs, repeats).items()}}
+
+
 def stage_ops(args) -> dict[str, Any]:
   import flax.linen as fnn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
@@ -432,12 +439,7 @@ def stage_ops(args) -> dict[str, Any]:
       (conv() ** 2).sum().backward()
     runs['torch_fwd'] = lambda: conv().detach()
     runs['torch_grad'] = torch_grad
-    for run in runs.values():
-      run()
-    times = alternate(runs, args.repeats)
-    row = {'op': f'depthwise 3x3 {side}x{side}x{channels} s{stride}', 'count': count,
-           **{key: round(v * 1000, 2) for key, v in times.items()}}
-    rows.append(row)
+    rows.append(_timed_row(f'depthwise 3x3 {side}x{side}x{channels} s{stride}', count, runs, args.repeats))
   for side, channels in ((56, 64), (28, 128), (14, 256), (7, 512)):
     x = jnp.asarray(rng.standard_normal((args.batch, side, side, channels)), jnp.float32)
     runs = {}
@@ -457,11 +459,7 @@ def stage_ops(args) -> dict[str, Any]:
       (bn(xt) ** 2).sum().backward()
     runs['torch_fwd'] = lambda: bn(xt).detach()
     runs['torch_grad'] = torch_bn_grad
-    for run in runs.values():
-      run()
-    times = alternate(runs, args.repeats)
-    rows.append({'op': f'batchnorm {side}x{side}x{channels}', 'count': 1,
-                 **{key: round(v * 1000, 2) for key, v in times.items()}})
+    rows.append(_timed_row(f'batchnorm {side}x{side}x{channels}', 1, runs, args.repeats))
   for row in rows:
     print(f"{row['op']:34s} x{row['count']}  fwd lax/flax {row['lax_fwd']:8.1f} jaxface {row['jaxface_fwd']:7.1f} "
           f"torch {row['torch_fwd']:7.1f} | grad lax/flax {row['lax_grad']:8.1f} jaxface {row['jaxface_grad']:7.1f} "

@@ -12,11 +12,12 @@ training step spent 330 ms on one such map. So, on CPU only:
   column reductions) and XLA then fuses the recomputed forward into several full-size passes.
 
 On GPU and TPU both are plain `jnp.sum` and XLA's gradients (chosen per platform at lowering time). Values equal
-`flax.linen.BatchNorm`'s to float rounding (tests/test_batchnorm.py).
+`flax.linen.BatchNorm`'s to float rounding (tests/test_cpu_ops.py).
 """
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -55,16 +56,16 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
   return y, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
 
 
-def _stats(x, axis_name):
-  c = x.shape[-1]
-  n = x.size // c
-  xf = x.astype(jnp.float32)
-  sums = jnp.stack([channel_sum(xf), channel_sum(xf * xf)])
-  if axis_name is not None:
-    sums = jax.lax.psum(sums, axis_name)
-    n = n * jax.lax.psum(1, axis_name)
-  mean = sums[0] / n
-  return mean, jnp.maximum(sums[1] / n - mean * mean, 0.0), n
+def _channel_sums(a: jax.Array, b: jax.Array) -> jax.Array:
+  """(2, C): channel_sum(a) and channel_sum(b), with the count of values each channel summed."""
+  return jnp.stack([channel_sum(a), channel_sum(b)]), a.size // a.shape[-1]
+
+
+def _over_devices(sums: jax.Array, n: int, axis_name: str | None) -> tuple[jax.Array, Any]:
+  """This device's sums and count -> every device's of `axis_name` (sync BN); unchanged without one."""
+  if axis_name is None:
+    return sums, n
+  return jax.lax.psum(sums, axis_name), n * jax.lax.psum(1, axis_name)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -73,7 +74,10 @@ def _bn_train(x, scale, bias, epsilon, axis_name):
 
 
 def _bn_train_fwd(x, scale, bias, epsilon, axis_name):
-  mean, var, _ = _stats(x, axis_name)
+  xf = x.astype(jnp.float32)
+  sums, n = _over_devices(*_channel_sums(xf, xf * xf), axis_name)
+  mean = sums[0] / n
+  var = jnp.maximum(sums[1] / n - mean * mean, 0.0)
   rstd = jax.lax.rsqrt(var + epsilon)
   a = scale * rstd
   y = x * a.astype(x.dtype) + (bias - mean * a).astype(x.dtype)
@@ -84,15 +88,11 @@ def _bn_train_bwd(epsilon, axis_name, residuals, cotangents):
   del epsilon
   x, scale, mean, rstd = residuals
   dy = cotangents[0]  # mean and var are stop_gradient'ed by the caller: their cotangents are zero.
-  c = x.shape[-1]
-  n = x.size // c
   x_hat = (x.astype(jnp.float32) - mean) * rstd
   dyf = dy.astype(jnp.float32)
-  sums = jnp.stack([channel_sum(dyf), channel_sum(dyf * x_hat)])
-  dbias, dscale = sums[0], sums[1]
-  if axis_name is not None:
-    sums = jax.lax.psum(sums, axis_name)
-    n = n * jax.lax.psum(1, axis_name)
+  local, count = _channel_sums(dyf, dyf * x_hat)
+  dbias, dscale = local[0], local[1]  # this device's sums: the parameters' gradients (the trainer pmeans them)
+  sums, n = _over_devices(local, count, axis_name)  # every device's: the input gradient of sync BN
   dx = (scale * rstd) * (dyf - sums[0] / n - x_hat * (sums[1] / n))
   return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
 

@@ -14,7 +14,7 @@ blocks of images inside a `lax.scan` (the blocks stay in cache). So on CPU:
 On GPU and TPU the grouped convolution and XLA's own gradients run (chosen per platform at lowering, so one jitted
 function serves both). A kernel that covers the whole input with no padding (MobileFaceNet's global depthwise 7x7 on
 the 7x7 map) is an einsum on every platform. Values equal the grouped convolution's to float rounding
-(tests/test_depthwise.py).
+(tests/test_cpu_ops.py).
 """
 from __future__ import annotations
 
