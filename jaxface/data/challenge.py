@@ -24,8 +24,15 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 PathLike = str | os.PathLike
 
-# Kinds of test pairs. `fake` is a fake pair whose finer kind is unknown (realfaces-dev).
+# The vocabulary of pairs, defined here only. `same`: two real photos of one person (the only genuine kind);
+# `different`: real photos of two people; `own_fake`: a real photo and a fake of the same person; `other_fake`: a real
+# photo and a fake of someone else; `fake`: a pair holding a fake whose finer kind is unknown (realfaces-dev,
+# realfaces-train's test pairs).
 PAIR_KINDS = ('same', 'different', 'own_fake', 'other_fake', 'fake')
+PAIR_LABEL = {'same': 1, 'different': 0, 'own_fake': 0, 'other_fake': 0, 'fake': 0}  # the challenge's pair label
+REAL_KINDS = ('same', 'different')  # both photos real
+FAKE_KINDS = ('own_fake', 'other_fake', 'fake')  # one photo generated
+NEGATIVE_KINDS = ('different', *FAKE_KINDS)  # label 0, in the order reports list them
 
 
 class DataFormatError(ValueError):
