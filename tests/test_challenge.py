@@ -283,3 +283,34 @@ def test_16_bit_colour_pngs(tmp_path):
   np.testing.assert_array_equal(decoded[3, 0], (255, 128, 1))
   grey_alpha = np.stack([np.full((4, 4), 40000), np.full((4, 4), 65535)], axis=-1).astype(np.uint16)
   np.testing.assert_array_equal(challenge.decode_rgb(_png_16_bit(grey_alpha, 4), 'la16.png')[0, 0], (156, 156, 156))
+
+
+def test_read_labels_rejects_what_check_reports(tmp_path):
+  """One parser: readers raise on the first problem (counting the rest), check gets every one."""
+  path = tmp_path / 'labels.csv'
+  path.write_text('pair_id,label,kind\n00000000,1,stranger\n00000001,0,same\n00000002,1,same\n00000003,0,fake\n')
+  with pytest.raises(challenge.DataFormatError, match=r"line 2: pair 00000000 has kind 'stranger'.*and 1 more"):
+    challenge.read_labels(path)
+  labels, problems = challenge.parse_labels(path.read_text(), 'labels.csv', pair_ids={'00000000', '00000001',
+                                                                                       '00000002'})
+  assert labels == {'00000002': challenge.PairLabel(1, 'same')}
+  assert [p.split(': ', 2)[1] for p in problems] == ['line 2', 'line 3', 'line 5']
+  assert 'of kind same has label 0, expected 1' in problems[1] and 'no folder in test_public/' in problems[2]
+  assert all(p.startswith('labels.csv: line ') and p.endswith(')') for p in problems)
+
+
+def test_read_photo_bounds_the_longest_side(tmp_path):
+  Image.new('RGB', (3000, 1500), (90, 140, 200)).save(tmp_path / 'big.jpg', quality=90)
+  Image.new('RGB', (300, 150), (90, 140, 200)).save(tmp_path / 'big.png')
+  for name, stored in (('big.jpg', (1500, 3000)), ('big.png', (150, 300))):
+    photo, shape = challenge.read_photo(tmp_path / name, max_side=200)
+    assert shape == stored and max(photo.shape[:2]) <= 200 and photo.dtype == np.uint8
+    assert abs(photo.shape[1] - 2 * photo.shape[0]) <= 1
+    assert np.abs(photo.astype(int) - (90, 140, 200)).max() <= 3
+  small, shape = challenge.read_photo(tmp_path / 'big.png', max_side=2048)
+  assert small.shape == (150, 300, 3) and shape == (150, 300)
+  (tmp_path / 'cut.jpg').write_bytes((tmp_path / 'big.jpg').read_bytes()[:400])
+  with pytest.raises(challenge.ImageReadError, match='cut.jpg: cannot decode image, truncated or corrupt'):
+    challenge.read_photo(tmp_path / 'cut.jpg', max_side=200)
+  with pytest.raises(challenge.ImageReadError, match='nope.jpg: cannot read file'):
+    challenge.read_photo(tmp_path / 'nope.jpg', max_side=200)

@@ -1,4 +1,4 @@
-"""The challenge layout: people, meta.json, test pairs, labels; any image file -> RGB uint8.
+"""The challenge layout: people, meta.json, test pairs, labels; the pair vocabulary; any image file -> RGB uint8.
 
 A data folder holds `train/` and/or `test_public/`:
 
@@ -6,6 +6,9 @@ A data folder holds `train/` and/or `test_public/`:
     train/meta.json                      {"<person_id>/<k>.jpg": 0 real | 1 generated}
     test_public/<pair_id>/0.jpg, 1.jpg   pairs to score
     labels.csv                           pair_id,label[,kind] (ours; the challenge published none)
+
+`read_photo` is the one photo reader of preprocessing, evaluation and verification; `parse_labels` the one labels.csv
+parser (every problem, for `jaxface.data.check`), `read_labels` its reader form (the first problem raises).
 
 Every reader here raises a `DataFormatError` (a `ValueError`) whose message is one line naming the file, what is wrong
 and what to do, so command-line tools can print it and exit 2 without a traceback.
@@ -17,7 +20,9 @@ import dataclasses
 import io
 import json
 import os
+import math
 import pathlib
+from collections.abc import Collection
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -167,12 +172,54 @@ def load_rgb(path: PathLike) -> np.ndarray:
   Raises:
     ImageReadError: missing, unreadable, empty, truncated or corrupt file; one line naming `path`.
   """
+  return decode_rgb(_read_bytes(path), str(path))
+
+
+def _read_bytes(path: PathLike) -> bytes:
   try:
-    data = pathlib.Path(path).read_bytes()
+    return pathlib.Path(path).read_bytes()
   except OSError as error:
     raise ImageReadError(f'{path}: cannot read file ({_one_line(error)}) '
                          '(check the path and its permissions)') from None
-  return decode_rgb(data, str(path))
+
+
+def read_photo(path: PathLike, max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+  """Reads a photo as RGB no larger than `max_side` on its longest side: what an aligner is given.
+
+  The one photo reader of preprocessing, evaluation and verification, so a photo aligns the same way in each (a
+  prepared dataset records its max_photo_side in its aligner settings). A large JPEG is decoded straight at a reduced
+  scale (libjpeg's DCT scaling), so a 10000x10000 photo costs a few MB and not 300 MB; other formats are decoded
+  fully (see `decode_rgb`), then downscaled (antialiased bicubic).
+
+  Returns:
+    (H', W', 3) uint8 RGB with max(H', W') <= max_side, and the photo's (H, W) as stored.
+
+  Raises:
+    ImageReadError: missing, empty, truncated, corrupt or not an image; one line naming the file.
+  """
+  from jaxface.align import template  # pylint: disable=import-outside-toplevel  (numpy and Pillow only)
+  data = _read_bytes(path)
+  photo = shape = None
+  if data[:3] == b'\xff\xd8\xff' and not ImageFile.LOAD_TRUNCATED_IMAGES:
+    try:
+      with Image.open(io.BytesIO(data)) as img:
+        width, height = img.size
+        if max(width, height) > max_side:
+          scale = max_side / max(width, height)
+          img.draft('RGB', (math.ceil(width * scale), math.ceil(height * scale)))
+          img.load()  # a truncated file fails here
+          photo, shape = np.asarray(ImageOps.exif_transpose(img).convert('RGB'), np.uint8), (height, width)
+    except Exception as error:  # pylint: disable=broad-except  (Pillow raises many kinds)
+      raise ImageReadError(f'{path}: cannot decode image, truncated or corrupt ({_one_line(error)}) '
+                           '(re-copy the file or remove it and its meta.json entry)') from None
+  if photo is None:
+    photo = decode_rgb(data, str(path))
+    shape = photo.shape[:2]
+  height, width = photo.shape[:2]
+  if max(height, width) > max_side:
+    scale = max_side / max(height, width)
+    photo = template.resize_photo(photo, max(1, round(width * scale)), max(1, round(height * scale)))
+  return photo, (int(shape[0]), int(shape[1]))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -282,36 +329,76 @@ def _normalise_pair_id(pair_id: str) -> str:
   return pair_id.zfill(8) if pair_id.isdigit() and len(pair_id) < 8 else pair_id
 
 
-def read_labels(path: PathLike) -> dict[str, PairLabel]:
-  """Reads pair labels: CSV rows `pair_id,label[,kind]`, header optional.
+def _label_row_problems(row: list[str], where: str, seen: dict[str, PairLabel],
+                        pair_ids: Collection[str] | None) -> tuple[str, PairLabel | None, list[str]]:
+  """One labels.csv row -> (pair_id, its label or None when the row is bad, the row's problems)."""
+  if len(row) < 2:
+    return '', None, [f'{where}: expected pair_id,label[,kind], got {",".join(row)!r} (fix the row)']
+  pair_id, label, kind = _normalise_pair_id(row[0]), row[1].strip(), (row[2].strip() if len(row) > 2 else '')
+  problems = []
+  if label not in ('0', '1'):
+    problems.append(f'{where}: pair {pair_id} has label {label!r}, expected 0 or 1 (fix the row)')
+  if kind and kind not in PAIR_LABEL:
+    problems.append(f'{where}: pair {pair_id} has kind {kind!r}, expected one of {", ".join(PAIR_KINDS)} '
+                    '(fix the row)')
+  elif kind and label in ('0', '1') and int(label) != PAIR_LABEL[kind]:
+    problems.append(f'{where}: pair {pair_id} of kind {kind} has label {label}, expected {PAIR_LABEL[kind]} '
+                    '(fix the row)')
+  if pair_ids is not None and pair_id not in pair_ids:
+    problems.append(f'{where}: pair {pair_id} has no folder in test_public/ (drop the row or restore the pair)')
+  if pair_id in seen:
+    problems.append(f'{where}: pair {pair_id} is listed twice (keep one row)')
+  return pair_id, None if problems else PairLabel(label=int(label), kind=kind or None), problems
 
-  Digit-only pair ids shorter than 8 characters are zero-padded (a spreadsheet may have stripped the zeros).
-  An empty kind becomes None.
 
-  Raises:
-    DataFormatError: missing file, a row with too few columns, a label other than 0/1, a repeated pair_id.
+def parse_labels(text: str, name: str, pair_ids: Collection[str] | None = None
+                 ) -> tuple[dict[str, PairLabel], list[str]]:
+  """Parses labels.csv text (rows `pair_id,label[,kind]`, header optional), keeping the good rows.
+
+  Digit-only pair ids shorter than 8 characters are zero-padded (a spreadsheet may have stripped the zeros); an
+  empty kind becomes None. A row is bad when it has fewer than two columns, a label other than 0/1, a kind outside
+  PAIR_KINDS, a label its kind contradicts (PAIR_LABEL), a pair_id seen before, or (with `pair_ids`) a pair_id
+  without a test_public/ folder.
+
+  Args:
+    text: the file's contents.
+    name: the file name, used in the problem lines.
+    pair_ids: the pair folders that exist; None skips that check.
+
+  Returns:
+    ({pair_id: PairLabel} of the good rows, one problem line per problem, each "<name>: line N: ... (fix ...)").
   """
-  path = pathlib.Path(path)
-  try:
-    text = path.read_text(encoding='utf-8-sig')
-  except (OSError, UnicodeDecodeError) as error:
-    raise DataFormatError(f'{path}: cannot read labels ({_one_line(error)}) '
-                          '(give a CSV with pair_id,label[,kind])') from None
   labels: dict[str, PairLabel] = {}
+  problems: list[str] = []
   for line_number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
     if not row or not any(cell.strip() for cell in row):
       continue
     if line_number == 1 and row[0].strip().lower() == 'pair_id':
       continue
-    if len(row) < 2:
-      raise DataFormatError(f'{path}: line {line_number}: expected pair_id,label[,kind], got {",".join(row)!r} '
-                            '(fix the row)')
-    pair_id, label_text = _normalise_pair_id(row[0]), row[1].strip()
-    if label_text not in ('0', '1'):
-      raise DataFormatError(f'{path}: line {line_number}: pair {pair_id} has label {label_text!r}, expected 0 or 1 '
-                            '(fix the row)')
-    if pair_id in labels:
-      raise DataFormatError(f'{path}: line {line_number}: pair {pair_id} is listed twice (keep one row)')
-    kind = row[2].strip() if len(row) > 2 and row[2].strip() else None
-    labels[pair_id] = PairLabel(label=int(label_text), kind=kind)
+    pair_id, label, row_problems = _label_row_problems(row, f'{name}: line {line_number}', labels, pair_ids)
+    problems += row_problems
+    if label is not None:
+      labels[pair_id] = label
+  return labels, problems
+
+
+def read_labels_text(path: PathLike) -> str:
+  """The text of a labels file; DataFormatError (one line) when it cannot be read."""
+  try:
+    return pathlib.Path(path).read_text(encoding='utf-8-sig')
+  except (OSError, UnicodeDecodeError) as error:
+    raise DataFormatError(f'{path}: cannot read labels ({_one_line(error)}) '
+                          '(give a CSV with pair_id,label[,kind])') from None
+
+
+def read_labels(path: PathLike) -> dict[str, PairLabel]:
+  """Reads pair labels: CSV rows `pair_id,label[,kind]`, header optional; see `parse_labels`.
+
+  Raises:
+    DataFormatError: missing or unreadable file, or the first bad row (see `parse_labels`), counting the others.
+  """
+  labels, problems = parse_labels(read_labels_text(path), str(path))
+  if problems:
+    more = f' (and {len(problems) - 1} more problems)' if len(problems) > 1 else ''
+    raise DataFormatError(problems[0] + more)
   return labels

@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import csv
 import dataclasses
-import io
 import json
 import os
 import pathlib
@@ -23,10 +21,6 @@ import time
 from collections.abc import Sequence
 
 from jaxface.data import challenge
-
-# The label a pair of each kind must carry.
-_KIND_LABEL = {'same': 1, 'different': 0, 'own_fake': 0, 'other_fake': 0, 'fake': 0}
-
 
 @dataclasses.dataclass
 class Report:
@@ -152,50 +146,16 @@ def _check_test(data_dir: pathlib.Path, report: Report) -> tuple[list[pathlib.Pa
 
 
 def _check_labels(path: pathlib.Path, pair_ids: set[str], report: Report) -> None:
-  """Checks labels.csv row by row so that every bad row is reported, not just the first."""
+  """Checks labels.csv with the readers' parser, recording every bad row, not just the first."""
   report.labels_path = path
   try:
-    text = path.read_text(encoding='utf-8-sig')
-  except (OSError, UnicodeDecodeError) as error:
-    report.problems.append(f'{path}: cannot read ({type(error).__name__}: {error}) (check the file)')
+    text = challenge.read_labels_text(path)
+  except challenge.DataFormatError as error:
+    report.problems.append(str(error))
     return
-  seen: set[str] = set()
-  kinds: collections.Counter[str] = collections.Counter()
-  for line_number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
-    if not row or not any(cell.strip() for cell in row):
-      continue
-    if line_number == 1 and row[0].strip().lower() == 'pair_id':
-      continue
-    where = f'{path}: line {line_number}'
-    if len(row) < 2:
-      report.problems.append(f'{where}: expected pair_id,label[,kind], got {",".join(row)!r} (fix the row)')
-      continue
-    pair_id = row[0].strip()
-    pair_id = pair_id.zfill(8) if pair_id.isdigit() and len(pair_id) < 8 else pair_id
-    label, kind = row[1].strip(), (row[2].strip() if len(row) > 2 else '')
-    bad = False
-    if label not in ('0', '1'):
-      report.problems.append(f'{where}: pair {pair_id} has label {label!r}, expected 0 or 1 (fix the row)')
-      bad = True
-    if kind and kind not in _KIND_LABEL:
-      report.problems.append(f'{where}: pair {pair_id} has kind {kind!r}, expected one of '
-                             f'{", ".join(challenge.PAIR_KINDS)} (fix the row)')
-      bad = True
-    elif kind and label in ('0', '1') and int(label) != _KIND_LABEL[kind]:
-      report.problems.append(f'{where}: pair {pair_id} of kind {kind} has label {label}, expected '
-                             f'{_KIND_LABEL[kind]} (fix the row)')
-      bad = True
-    if pair_id not in pair_ids:
-      report.problems.append(f'{where}: pair {pair_id} has no folder in test_public/ (drop the row or restore the '
-                             'pair)')
-      bad = True
-    if pair_id in seen:
-      report.problems.append(f'{where}: pair {pair_id} is listed twice (keep one row)')
-      bad = True
-    seen.add(pair_id)
-    if not bad:
-      kinds[kind or 'unknown'] += 1
-  report.labelled_pairs = dict(kinds)
+  labels, problems = challenge.parse_labels(text, str(path), pair_ids)
+  report.problems.extend(problems)
+  report.labelled_pairs = dict(collections.Counter(label.kind or 'unknown' for label in labels.values()))
 
 
 def _decode_problem(path: pathlib.Path) -> str | None:
