@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import signal
+import threading
 from typing import Any
 
 import jax
@@ -79,10 +81,48 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
   return restored.state, dict(restored.meta or {}), step
 
 
-def _abstract(tree: Any) -> Any:
-  device = jax.local_devices()[0]
-  sharding = jax.sharding.SingleDeviceSharding(device)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding), tree)
+def read_meta(manager: ocp.CheckpointManager, step: int | None = None) -> dict:
+  """The JSON `meta` of a step (default: the latest) without reading its arrays; {} when there is no step."""
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    return {}
+  return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta or {})
+
+
+def abstract(tree: Any) -> Any:
+  """Shapes, dtypes and a single-device sharding of every leaf (arrays, or Orbax's array metadata): the target that
+  `restore` fills."""
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def leaf(x):
+    if not (hasattr(x, 'shape') and hasattr(x, 'dtype')):
+      x = np.asarray(x)
+    return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=sharding)
+
+  return jax.tree.map(leaf, tree, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
+
+
+class Preemption:
+  """Turns SIGTERM into a flag the training loop checks between steps, so that it saves before exiting.
+
+  Outside the main thread (where signal handlers cannot be installed) it never fires.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self) -> Preemption:
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:  # pylint: disable=unused-argument
+    self.requested = True
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def inference_variables(state: Any) -> dict:
@@ -153,26 +193,15 @@ def load_inference(path: str | pathlib.Path) -> tuple[ml_collections.ConfigDict,
     raise CheckpointError(f'{directory}: holds no checkpoint yet')
   is_best = directory.name == BEST_DIR
   if is_best:
-    abstract = _abstract({'params': shapes['params'], 'batch_stats': shapes['batch_stats']})
+    target = abstract({'params': shapes['params'], 'batch_stats': shapes['batch_stats']})
   else:
     # A full training state: restore only the arrays inference needs, whatever the optimiser was.
     metadata = manager.item_metadata(step or manager.latest_step())
-    tree = metadata['state'] if 'state' in metadata else metadata.state
-    abstract = _abstract_from_metadata(tree)
-  state, meta, _ = restore(manager, abstract, step)
+    target = abstract(metadata['state'] if 'state' in metadata else metadata.state)
+  state, meta, _ = restore(manager, target, step)
   manager.close()
   variables = state if is_best else inference_variables(state)
   variables = jax.tree.map(np.asarray, variables)
   scoring = {'fuse_strength': 1.0, 'threshold': 0.5}
   scoring.update(meta.get('scoring', {}))
   return config, variables, scoring
-
-
-def _abstract_from_metadata(tree: Any) -> Any:
-  device = jax.local_devices()[0]
-  sharding = jax.sharding.SingleDeviceSharding(device)
-
-  def leaf(m):
-    return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding)
-
-  return jax.tree.map(leaf, tree, is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))

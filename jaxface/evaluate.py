@@ -35,43 +35,9 @@ import numpy as np
 import tqdm
 
 from jaxface import metrics, plots, scoring
+from jaxface.data.challenge import REAL_KINDS
+from jaxface.inference import PairScores, score_pairs
 from jaxface.verify import FaceVerifier, VerifyError
-
-FARS = (1e-2, 1e-3)
-REAL_KINDS = ('same', 'different')  # both photos of these pairs are real
-
-
-@dataclasses.dataclass
-class PairScores:
-  """Network outputs and labels of N pairs (arrays (N,); label -1, kind '', is_fake -1 where unknown)."""
-  pair_ids: np.ndarray
-  cosine: np.ndarray
-  p_fake0: np.ndarray
-  p_fake1: np.ndarray
-  labels: np.ndarray
-  kinds: np.ndarray
-  is_fake0: np.ndarray
-  is_fake1: np.ndarray
-  face_found0: np.ndarray
-  face_found1: np.ndarray
-
-  def fused(self, strength: float) -> np.ndarray:
-    """(N,) fused similarities in float64."""
-    return scoring.fused_score_np(self.cosine, self.p_fake0, self.p_fake1, strength)
-
-  @classmethod
-  def concatenate(cls, parts: Sequence[PairScores]) -> PairScores:
-    return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(cls)})
-
-
-def _pair_scores(verifier: FaceVerifier, faces0, faces1, **fields) -> PairScores:
-  """Embeds both sides of a batch in one network call (fewer, fuller batches) and scores the pairs."""
-  count = len(faces0)
-  embeddings, logits = verifier.infer(np.concatenate([faces0, faces1]))
-  p_fake = scoring.sigmoid_np(logits)
-  cosine = np.asarray(scoring.cosine_similarity(embeddings[:count], embeddings[count:]), np.float64)
-  return PairScores(cosine=cosine, p_fake0=p_fake[:count], p_fake1=p_fake[count:], **fields)
-
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Scoring pairs from a challenge folder or from TFDS.
@@ -126,9 +92,8 @@ def score_folder(verifier: FaceVerifier, data_dir, labels: dict | None = None, *
         pending = pool.submit(prepare, chunks[index + 1])
       count = len(chunk)
       pair_ids = [pair.pair_id for pair in chunk]
-      parts.append(_pair_scores(verifier, faces[:count], faces[count:], pair_ids=np.array(pair_ids, dtype=object),
-                                face_found0=found[:count], face_found1=found[count:],
-                                **_labels_for(pair_ids, labels)))
+      parts.append(score_pairs(verifier, faces[:count], faces[count:], pair_ids=pair_ids,
+                               face_found0=found[:count], face_found1=found[count:], **_labels_for(pair_ids, labels)))
       bar.update(count)
   return PairScores.concatenate(parts)
 
@@ -160,77 +125,16 @@ def score_tfds(verifier: FaceVerifier, config, source, split: str = 'test', *, b
       if limit is not None:
         count = min(count, limit - seen)
       take = lambda key: np.asarray(batch[key])[:count]
-      parts.append(_pair_scores(
-          verifier, take('image0'), take('image1'), pair_ids=take('pair_id').astype(object),
-          labels=take('label').astype(np.int64), kinds=take('kind').astype(object),
-          is_fake0=take('is_fake0').astype(np.int64), is_fake1=take('is_fake1').astype(np.int64),
-          face_found0=np.ones(count, bool), face_found1=np.ones(count, bool)))
+      parts.append(score_pairs(verifier, take('image0'), take('image1'), pair_ids=take('pair_id'),
+                               labels=take('label'), kinds=take('kind'), is_fake0=take('is_fake0'),
+                               is_fake1=take('is_fake1')))
       seen += count
       bar.update(count)
       if limit is not None and seen >= limit:
         break
   if not parts:
     raise VerifyError(f'{config.data.tfds_dir or "dataset"}: split {split!r} of jaxface_faces holds no pairs')
-  scores = PairScores.concatenate(parts)
-  order = np.argsort(scores.pair_ids.astype(str), kind='stable')
-  return PairScores(**{f.name: getattr(scores, f.name)[order] for f in dataclasses.fields(PairScores)})
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Metrics.
-
-
-def _score_metrics(labels: np.ndarray, values: np.ndarray, kinds: np.ndarray) -> dict[str, Any]:
-  result = {
-      'eer': metrics.challenge_eer(labels, values),
-      'eer_threshold': metrics.eer_threshold(labels, values),
-      'auc': metrics.roc_auc(labels, values),
-      'eer_by_kind': metrics.eer_by_kind(labels, values, list(kinds)),
-  }
-  for far in FARS:
-    result[f'tar_at_far_{far:g}'] = metrics.tar_at_far(labels, values, far)
-  return result
-
-
-def compute_metrics(scores: PairScores, fuse_strength: float, threshold: float | None = None) -> dict[str, Any]:
-  """All metrics of scored pairs (only pairs with a known label count).
-
-  Args:
-    scores: the pairs.
-    fuse_strength: the strength of the fused score (the checkpoint's).
-    threshold: the stored decision threshold on the fused score; its accuracy is reported.
-
-  Returns:
-    A JSON-able dict; 'fused' and 'cosine' hold EER, threshold at the EER, AUC, EER by negative kind, TAR at FARs.
-    Missing labels (or a single class) give {'pairs', 'labelled_pairs'} and the detection metrics only.
-  """
-  known = scores.labels >= 0
-  labels, kinds = scores.labels[known], scores.kinds[known]
-  fused = scores.fused(fuse_strength)
-  result: dict[str, Any] = {
-      'pairs': int(len(scores.pair_ids)),
-      'labelled_pairs': int(known.sum()),
-      'pairs_by_kind': {str(k or 'unknown'): int(n) for k, n in zip(*np.unique(kinds.astype(str), return_counts=True))},
-      'faces_not_found': int((~scores.face_found0).sum() + (~scores.face_found1).sum()),
-      'fuse_strength': float(fuse_strength),
-  }
-  if known.any() and 0 < labels.sum() < labels.size:
-    result['fused'] = _score_metrics(labels, fused[known], kinds)
-    result['cosine'] = _score_metrics(labels, scores.cosine[known], kinds)
-    if threshold is not None:
-      result['stored_threshold'] = float(threshold)
-      result['fused']['accuracy_at_stored_threshold'] = float(np.mean((fused[known] >= threshold) == (labels == 1)))
-    # The best strength for these very labels: optimistic, but it shows how far the stored one is from it.
-    strength, eer = scoring.calibrate_strength(scores.cosine[known], scores.p_fake0[known], scores.p_fake1[known],
-                                               labels)
-    result['oracle'] = {'fuse_strength': strength, 'eer': eer}
-  result['fake_detection_image'] = metrics.detection_metrics(
-      np.concatenate([scores.is_fake0, scores.is_fake1]), np.concatenate([scores.p_fake0, scores.p_fake1]))
-  pair_has_fake = np.where(np.isin(scores.kinds, metrics.FAKE_KINDS), 1,
-                           np.where(np.isin(scores.kinds, REAL_KINDS), 0, -1))
-  either_fake = 1.0 - (1.0 - scores.p_fake0) * (1.0 - scores.p_fake1)
-  result['fake_detection_pair'] = metrics.detection_metrics(pair_has_fake, either_fake)
-  return result
+  return PairScores.concatenate(parts).sorted_by_id()
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -247,7 +151,7 @@ def format_table(result: dict[str, Any]) -> str:
     for kind in fused['eer_by_kind']:
       rows.append(line(f'EER same vs {kind}', number(fused['eer_by_kind'][kind]),
                        number(cosine['eer_by_kind'].get(kind))))
-    for far in FARS:
+    for far in metrics.FARS:
       key = f'tar_at_far_{far:g}'
       rows.append(line(f'TAR @ FAR {far:g}', number(fused[key]), number(cosine[key])))
     rows.append(line('ROC AUC', number(fused['auc']), number(cosine['auc'])))
@@ -344,7 +248,7 @@ def evaluate(checkpoint, out_dir, *, data_dir=None, tfds_dir=None, split: str = 
       extra = _labels_for(list(scores.pair_ids), challenge.read_labels(labels_path))
       scores = dataclasses.replace(scores, **extra)
   seconds = time.perf_counter() - start
-  result = compute_metrics(scores, verifier.fuse_strength, verifier.threshold)
+  result = metrics.pair_metrics(scores, verifier.fuse_strength, verifier.threshold)
   result.update({'checkpoint': str(checkpoint), 'source': str(data_dir or f'{tfds_dir}:{split}'),
                  'aligner': verifier.aligner_name if data_dir is not None else 'tfds (pre-aligned)',
                  'flip_tta': flip_tta, 'seconds': seconds,

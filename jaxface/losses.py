@@ -24,6 +24,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxface.scoring import l2_normalize
+
 _EPS = 1e-3  # AdaFace's eps: cosine and angle clipping, and the std guard.
 
 
@@ -152,9 +154,54 @@ def fake_pushaway_loss(embedding: jax.Array, class_weights: jax.Array, labels: j
     () float32 mean over the fakes (0 when the batch has none).
   """
   emb = embedding.astype(jnp.float32)
-  emb = emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-5)
+  emb = l2_normalize(emb, eps=1e-5)
   centres = jax.lax.stop_gradient(class_weights.astype(jnp.float32))
-  centres = centres / jnp.maximum(jnp.linalg.norm(centres, axis=0, keepdims=True), 1e-5)
+  centres = l2_normalize(centres, axis=0, eps=1e-5)
   cos = jnp.sum(emb * centres[:, labels].T, axis=-1)
   fakes = (is_fake == 1).astype(jnp.float32)
   return _masked_mean(jax.nn.relu(cos - margin), fakes, axis_name)
+
+
+def fake_pos_weight(is_fake: jax.Array, configured: float, axis_name: str | None) -> jax.Array:
+  """The fake-term weight of the BCE: `configured` when > 0, else n_real / n_fake of the global batch (so fakes and
+  real photos weigh the same in total, whatever the batch's fake share)."""
+  if configured > 0:
+    return jnp.asarray(configured, jnp.float32)
+  counts = jnp.stack([jnp.sum(is_fake == 0), jnp.sum(is_fake == 1)]).astype(jnp.float32)
+  if axis_name is not None:
+    counts = jax.lax.psum(counts, axis_name)
+  return counts[0] / jnp.maximum(counts[1], 1.0)
+
+
+def in_batch_pair_loss(embedding: jax.Array, labels: jax.Array, is_fake: jax.Array, *, s: float, m0: float,
+                       m1: float, axis_name: str | None) -> jax.Array:
+  """The reference write-up's adaptive-margin pair loss over every pair of photos in the global batch.
+
+  A pair is positive (1) only for two real photos of one person; a fake next to a real photo of its own person is a
+  negative, exactly as the challenge labels it. Each device scores its photos against the whole (gathered) batch, and
+  the result is scaled so that the pmean over devices is the mean over all pairs.
+  """
+  emb = l2_normalize(embedding, eps=1e-5)
+  if axis_name is not None:
+    all_emb = jax.lax.all_gather(emb, axis_name, tiled=True)
+    all_labels = jax.lax.all_gather(labels, axis_name, tiled=True)
+    all_fake = jax.lax.all_gather(is_fake, axis_name, tiled=True)
+    offset = jax.lax.axis_index(axis_name) * emb.shape[0]
+  else:
+    all_emb, all_labels, all_fake, offset = emb, labels, is_fake, 0
+  cos = emb @ all_emb.T
+  same = (labels[:, None] == all_labels[None, :]) & (is_fake[:, None] == 0) & (all_fake[None, :] == 0)
+  rows = jnp.arange(emb.shape[0])[:, None] + offset
+  not_self = rows != jnp.arange(all_emb.shape[0])[None, :]
+  pair_label = jnp.where(not_self, same.astype(jnp.int32), -1)
+  local = pair_adaptive_margin_loss(cos.reshape(-1), pair_label.reshape(-1), s=s, m0=m0, m1=m1)
+  # Every device holds the same number of labelled pairs, so the pmean of the local means is the global mean.
+  return local
+
+
+def head_class_weights(head_params: dict) -> jax.Array:
+  """The AdaFace class weight matrix (D, C) inside the head's parameters."""
+  leaves = [x for x in jax.tree.leaves(head_params) if x.ndim == 2]
+  if len(leaves) != 1:
+    raise ValueError('the AdaFace head should hold exactly one (D, C) weight matrix')
+  return leaves[0]

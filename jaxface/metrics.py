@@ -12,7 +12,13 @@ It reports the miss rate at the ROC point where misses and false accepts are clo
 which points `roc_curve` keeps (`drop_intermediate=True`, the default), so nothing here re-derives it another way.
 
 Labels are 1 for a genuine pair (two real photos of one person) and 0 otherwise; higher scores mean "same person".
-This module imports neither TensorFlow, PyTorch nor the data readers.
+`pair_metrics` is the one place that turns scored pairs into figures (training validation, `jaxface.evaluate`). Its
+**fake-in-pair AUC** ('fake_detection_pair') asks whether the fake head finds the pairs that hold a fake: pairs of a
+fake kind (positive) against pairs of two real photos (negative), each pair scored by the probability that at least
+one of its photos is fake, 1 - (1 - p0)(1 - p1) (the same q the fused score uses; see `jaxface.scoring`).
+
+This module imports neither TensorFlow nor PyTorch (the pair-kind vocabulary comes from `jaxface.data.challenge`,
+which needs only Pillow and NumPy).
 """
 from __future__ import annotations
 
@@ -21,9 +27,10 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-# Negative pair kinds, in the order reports list them. `fake` is a fake pair whose finer kind is unknown.
-NEGATIVE_KINDS = ('different', 'own_fake', 'other_fake', 'fake')
-FAKE_KINDS = ('own_fake', 'other_fake', 'fake')
+from jaxface import scoring
+from jaxface.data.challenge import FAKE_KINDS, NEGATIVE_KINDS, REAL_KINDS
+
+FARS = (1e-2, 1e-3)  # the false accept rates pair_metrics reports TAR at
 
 
 def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -153,3 +160,69 @@ def detection_metrics(is_fake, p_fake) -> dict[str, float]:
     return {}
   return {'auc': roc_auc(is_fake, p_fake), 'eer': challenge_eer(is_fake, p_fake),
           'num_real': num_real, 'num_fake': num_fake}
+
+
+def _score_metrics(labels: np.ndarray, values: np.ndarray, kinds: np.ndarray) -> dict:
+  has_fake = np.isin(kinds, FAKE_KINDS)
+  with_fakes = has_fake | (labels == 1)
+  result = {
+      'eer': challenge_eer(labels, values),
+      'eer_threshold': eer_threshold(labels, values),
+      'auc': roc_auc(labels, values),
+      'eer_by_kind': eer_by_kind(labels, values, list(kinds)),
+      # The pairs a fake can break: genuine pairs against every pair holding a fake.
+      'eer_fake_pairs': (challenge_eer(labels[with_fakes], values[with_fakes])
+                         if has_fake.any() and (labels == 1).any() else float('nan')),
+  }
+  for far in FARS:
+    result[f'tar_at_far_{far:g}'] = tar_at_far(labels, values, far)
+  return result
+
+
+def pair_metrics(scores, fuse_strength: float | None = None, threshold: float | None = None) -> dict:
+  """Every figure of scored pairs (only pairs with a known label count for the verification figures).
+
+  Args:
+    scores: a `jaxface.inference.PairScores`.
+    fuse_strength: the strength of the fused score (a checkpoint's); None calibrates it on these very pairs
+      (`scoring.calibrate_strength`), as training validation does to choose the checkpoint's.
+    threshold: a stored decision threshold on the fused score; its accuracy is reported.
+
+  Returns:
+    A JSON-able dict: pair counts; 'fused' and 'cosine' with EER, threshold at the EER, AUC, EER by negative kind, EER
+    on the pairs with fakes, TAR at each FAR; 'oracle' (the best strength for these labels); 'fake_detection_image'
+    (photos whose is_fake is known) and 'fake_detection_pair' (the fake-in-pair AUC of the module docstring).
+    Missing labels (or a single class) give the counts and the detection figures only.
+  """
+  known = scores.labels >= 0
+  labels, kinds = scores.labels[known], np.asarray(scores.kinds[known]).astype(str)
+  result: dict = {
+      'pairs': int(len(scores.pair_ids)),
+      'labelled_pairs': int(known.sum()),
+      'pairs_by_kind': {str(k or 'unknown'): int(n) for k, n in zip(*np.unique(kinds, return_counts=True))},
+      'faces_not_found': int((~scores.face_found0).sum() + (~scores.face_found1).sum()),
+  }
+  if known.any() and 0 < labels.sum() < labels.size:
+    strength, eer = scoring.calibrate_strength(scores.cosine[known], scores.p_fake0[known], scores.p_fake1[known],
+                                               labels)
+    result['oracle'] = {'fuse_strength': strength, 'eer': eer}
+    fuse_strength = strength if fuse_strength is None else fuse_strength
+    fused = scores.fused(fuse_strength)[known]
+    result['fused'] = _score_metrics(labels, fused, kinds)
+    result['cosine'] = _score_metrics(labels, scores.cosine[known], kinds)
+    if threshold is not None:
+      result['stored_threshold'] = float(threshold)
+      result['fused']['accuracy_at_stored_threshold'] = float(np.mean((fused >= threshold) == (labels == 1)))
+  result['fuse_strength'] = float(1.0 if fuse_strength is None else fuse_strength)
+  result['fake_detection_image'] = detection_metrics(
+      np.concatenate([scores.is_fake0, scores.is_fake1]), np.concatenate([scores.p_fake0, scores.p_fake1]))
+  all_kinds = np.asarray(scores.kinds).astype(str)
+  pair_has_fake = np.where(np.isin(all_kinds, FAKE_KINDS), 1, np.where(np.isin(all_kinds, REAL_KINDS), 0, -1))
+  result['fake_detection_pair'] = detection_metrics(pair_has_fake, either_fake(scores.p_fake0, scores.p_fake1))
+  return result
+
+
+def either_fake(p_fake0, p_fake1) -> np.ndarray:
+  """The probability that at least one photo of a pair is fake, 1 - (1 - p0)(1 - p1): what ranks pairs for the
+  fake-in-pair AUC."""
+  return 1.0 - (1.0 - np.asarray(p_fake0, np.float64)) * (1.0 - np.asarray(p_fake1, np.float64))

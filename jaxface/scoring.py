@@ -47,10 +47,11 @@ def cosine_similarity(embedding0, embedding1):
   return jnp.clip(dot / jnp.maximum(norms, 1e-12), -1.0, 1.0)
 
 
-def l2_normalize(embedding, eps: float = 1e-12):
-  """(B, D) -> (B, D) unit rows (a zero row stays zero)."""
+def l2_normalize(embedding, axis: int = -1, eps: float = 1e-12):
+  """embedding / max(||embedding||, eps) along `axis`: (B, D) -> unit rows (a zero row stays zero). The one
+  normalisation of the project (heads, losses, verification)."""
   embedding = jnp.asarray(embedding)
-  return embedding / jnp.maximum(jnp.linalg.norm(embedding, axis=-1, keepdims=True), eps)
+  return embedding / jnp.maximum(jnp.linalg.norm(embedding, axis=axis, keepdims=True), eps)
 
 
 def flip_fuse(embedding, embedding_flipped):

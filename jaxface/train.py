@@ -15,15 +15,12 @@ Flow of one run, top to bottom in `train_and_evaluate`:
 """
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
-import importlib.util
 import json
 import logging
 import os
 import pathlib
-import signal
 import sys
 import time
 from typing import Any, Callable
@@ -35,91 +32,19 @@ import numpy as np
 import optax
 
 from jaxface import checkpoints
+from jaxface import inference
 from jaxface import convert
 from jaxface import losses
 from jaxface import metrics as metrics_lib
-from jaxface import scoring
 from jaxface import xla_cpu
+from jaxface.config import ConfigError, DEFAULT_CONFIG, load_config
 from jaxface.models.face_model import build_model
 from jaxface.models.heads import AdaFaceHead
 
 log = logging.getLogger('jaxface.train')
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
-
-
-class ConfigError(ValueError):
-  """A config file or override the user got wrong; the message is one line."""
-
-
 class TrainingDiverged(RuntimeError):
   """Too many non-finite losses in a row."""
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Configs.
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def load_config(path: str | pathlib.Path, overrides: list[str] = ()) -> ml_collections.ConfigDict:
-  """Loads a config file (a Python file whose `get_config()` returns a ConfigDict) and applies `--config.a.b=v`."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise ConfigError(f'{path}: config file not found')
-  # Variant configs import their base as `from configs import default`: the folder above configs/ must be importable.
-  root = str(path.resolve().parent.parent)
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  spec = importlib.util.spec_from_file_location(f'jaxface_config_{path.stem}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise ConfigError(f'{path}: a config file must define get_config() returning an ml_collections.ConfigDict')
-  config = module.get_config()
-  for override in overrides:
-    apply_override(config, override, path)
-  return config
-
-
-def apply_override(config: ml_collections.ConfigDict, override: str, source: pathlib.Path | str = 'config') -> None:
-  """Sets one `--config.a.b=value` (or `a.b=value`) on `config`, typed like the field it replaces."""
-  text = override[2:] if override.startswith('--') else override
-  if text.startswith('config.'):
-    text = text[len('config.'):]
-  if '=' not in text:
-    raise ConfigError(f'{override}: overrides look like --config.field=value')
-  name, raw = text.split('=', 1)
-  *parents, leaf = name.split('.')
-  node = config
-  for part in parents:
-    if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-      raise ConfigError(f'--config.{name}: {source} has no config field {name!r}')
-    node = node[part]
-  if leaf not in node:
-    raise ConfigError(f'--config.{name}: {source} has no config field {name!r}')
-  node[leaf] = _parse_value(raw, node[leaf], name)
-
-
-def _parse_value(raw: str, current: Any, name: str) -> Any:
-  if isinstance(current, bool):
-    if raw.lower() in ('true', '1', 'yes'):
-      return True
-    if raw.lower() in ('false', '0', 'no'):
-      return False
-    raise ConfigError(f'--config.{name}={raw}: expected true or false')
-  if isinstance(current, str):
-    return raw
-  try:
-    value = ast.literal_eval(raw)
-  except (ValueError, SyntaxError):
-    if current is None:
-      return raw
-    raise ConfigError(f'--config.{name}={raw}: expected a {type(current).__name__}') from None
-  if isinstance(current, float) and isinstance(value, int):
-    value = float(value)
-  if current is not None and not isinstance(value, type(current)):
-    raise ConfigError(f'--config.{name}={raw}: expected a {type(current).__name__}')
-  return value
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -326,13 +251,13 @@ def train_step(state: dict, batch: dict, *, model, head, tx, config: ml_collecti
       new_ema, logits = state['adaface'], cosine
     if l.fake_weight and config.model.fake_head != 'none':
       terms['fake'] = losses.fake_bce(outputs['fake_logit'].astype(jnp.float32), is_fake,
-                                      fake_pos_weight(is_fake, l.fake_pos_weight, axis_name), axis_name=axis_name)
+                                      losses.fake_pos_weight(is_fake, l.fake_pos_weight, axis_name), axis_name=axis_name)
     if l.pushaway_weight:
       terms['pushaway'] = losses.fake_pushaway_loss(
-          embedding, head_class_weights(params['head']), batch['label'], is_fake, l.pushaway_margin,
+          embedding, losses.head_class_weights(params['head']), batch['label'], is_fake, l.pushaway_margin,
           axis_name=axis_name)
     if l.pair_weight:
-      terms['pair'] = in_batch_pair_loss(embedding, batch['label'], is_fake, s=l.pair_s, m0=l.pair_m0,
+      terms['pair'] = losses.in_batch_pair_loss(embedding, batch['label'], is_fake, s=l.pair_s, m0=l.pair_m0,
                                          m1=l.pair_m1, axis_name=axis_name)
     weights = {'identity': l.identity_weight, 'fake': l.fake_weight, 'pushaway': l.pushaway_weight,
                'pair': l.pair_weight}
@@ -373,130 +298,40 @@ def train_step(state: dict, batch: dict, *, model, head, tx, config: ml_collecti
   return new_state, summary
 
 
-def fake_pos_weight(is_fake: jax.Array, configured: float, axis_name: str | None) -> jax.Array:
-  """The fake-term weight of the BCE: `configured` when > 0, else n_real / n_fake of the global batch (so fakes and
-  real photos weigh the same in total, whatever the batch's fake share)."""
-  if configured > 0:
-    return jnp.asarray(configured, jnp.float32)
-  counts = jnp.stack([jnp.sum(is_fake == 0), jnp.sum(is_fake == 1)]).astype(jnp.float32)
-  if axis_name is not None:
-    counts = jax.lax.psum(counts, axis_name)
-  return counts[0] / jnp.maximum(counts[1], 1.0)
+def validate_pairs(model, variables: dict, pairs, *, input_size: int, batch_size: int) -> dict:
+  """Scores the validation pairs and calibrates the fuse strength and the threshold on them.
 
+  Runs the same network and metrics as `jaxface.evaluate` (`inference.score_pairs`, `metrics.pair_metrics`).
+  `pairs` yields dicts with 'image0', 'image1' (B, S, S, 3) float32 in [-1, 1], 'label', 'kind', 'is_fake0/1' (B,).
 
-def in_batch_pair_loss(embedding: jax.Array, labels: jax.Array, is_fake: jax.Array, *, s: float, m0: float,
-                       m1: float, axis_name: str | None) -> jax.Array:
-  """The reference write-up's adaptive-margin pair loss over every pair of photos in the global batch.
-
-  A pair is positive (1) only for two real photos of one person; a fake next to a real photo of its own person is a
-  negative, exactly as the challenge labels it. Each device scores its photos against the whole (gathered) batch, and
-  the result is scaled so that the pmean over devices is the mean over all pairs.
+  Returns:
+    The flat summary training logs and stores with the best checkpoint: eer_identity and eer_fused (cosine and fused
+    at the calibrated strength), fuse_strength, threshold (fused, at the EER), fake_pair_auc (the fake-in-pair AUC of
+    `jaxface.metrics`), eer_identity_fake_pairs and eer_fused_fake_pairs (same-person pairs against the pairs holding
+    a fake), pairs (labelled).
   """
-  emb = embedding / jnp.maximum(jnp.linalg.norm(embedding, axis=-1, keepdims=True), 1e-5)
-  if axis_name is not None:
-    all_emb = jax.lax.all_gather(emb, axis_name, tiled=True)
-    all_labels = jax.lax.all_gather(labels, axis_name, tiled=True)
-    all_fake = jax.lax.all_gather(is_fake, axis_name, tiled=True)
-    offset = jax.lax.axis_index(axis_name) * emb.shape[0]
-  else:
-    all_emb, all_labels, all_fake, offset = emb, labels, is_fake, 0
-  cos = emb @ all_emb.T
-  same = (labels[:, None] == all_labels[None, :]) & (is_fake[:, None] == 0) & (all_fake[None, :] == 0)
-  rows = jnp.arange(emb.shape[0])[:, None] + offset
-  not_self = rows != jnp.arange(all_emb.shape[0])[None, :]
-  pair_label = jnp.where(not_self, same.astype(jnp.int32), -1)
-  local = losses.pair_adaptive_margin_loss(cos.reshape(-1), pair_label.reshape(-1), s=s, m0=m0, m1=m1)
-  # Every device holds the same number of labelled pairs, so the pmean of the local means is the global mean.
-  return local
-
-
-def head_class_weights(head_params: dict) -> jax.Array:
-  """The AdaFace class weight matrix (D, C) inside the head's parameters."""
-  leaves = [x for x in jax.tree.leaves(head_params) if x.ndim == 2]
-  if len(leaves) != 1:
-    raise ValueError('the AdaFace head should hold exactly one (D, C) weight matrix')
-  return leaves[0]
-
-
-def make_embed_fn(model) -> Callable:
-  """jit-compiled (variables, images (B, S, S, 3) float32) -> (embedding (B, D), fake probability (B,))."""
-
-  @jax.jit
-  def embed(variables, images):
-    outputs = model.apply(variables, images, train=False)
-    return outputs['embedding'].astype(jnp.float32), jax.nn.sigmoid(outputs['fake_logit'].astype(jnp.float32))
-
-  return embed
-
-
-def evaluate_pairs(embed_fn: Callable, variables: dict, pairs) -> dict:
-  """Identity-only and fused EER on labelled pairs; calibrates the fuse strength and the threshold on them.
-
-  `pairs` yields dicts with 'image0', 'image1' (B, S, S, 3) float32, 'label' (B,), 'kind' (B,).
-  """
-  cos, p0, p1, labels, kinds = [], [], [], [], []
-  for batch in pairs:
-    e0, f0 = embed_fn(variables, batch['image0'])
-    e1, f1 = embed_fn(variables, batch['image1'])
-    cos.append(np.asarray(scoring.cosine_similarity(np.asarray(e0), np.asarray(e1))))
-    p0.append(np.asarray(f0))
-    p1.append(np.asarray(f1))
-    labels.append(np.asarray(batch['label']))
-    kinds.extend(str(k.decode() if isinstance(k, bytes) else k) for k in batch['kind'])
-  cos, p0, p1, labels = map(np.concatenate, (cos, p0, p1, labels))
-  known = labels >= 0
-  kinds = np.asarray(kinds)[known]
-  cos, p0, p1, labels = cos[known], p0[known], p1[known], labels[known]
-  has_fake = np.isin(kinds, metrics_lib.FAKE_KINDS)
-  # Whether the fake head finds the pair's fake: the larger of the two fake probabilities ranks pairs.
-  fake_auc = (metrics_lib.roc_auc(has_fake, np.maximum(p0, p1)) if 0 < has_fake.sum() < has_fake.size
-              else float('nan'))
-  strength, fused_eer = scoring.calibrate_strength(cos, p0, p1, labels)
-  fused = scoring.fused_score_np(cos, p0, p1, strength)
-  # The pairs a fake can break: genuine pairs against the pairs that hold a fake.
-  with_fakes = has_fake | (labels == 1)
-  on_fakes = lambda scores: (float(metrics_lib.challenge_eer(labels[with_fakes], scores[with_fakes]))
-                             if 0 < has_fake.sum() and (labels[with_fakes] == 1).any() else float('nan'))
+  network = inference.Network(model, variables, input_size=input_size, batch_size=batch_size)
+  parts = [inference.score_pairs(network, batch['image0'], batch['image1'], labels=batch['label'],
+                                 kinds=batch['kind'], is_fake0=batch.get('is_fake0'), is_fake1=batch.get('is_fake1'))
+           for batch in pairs]
+  result = metrics_lib.pair_metrics(inference.PairScores.concatenate(parts))
+  nan = float('nan')
+  fused, cosine = result.get('fused', {}), result.get('cosine', {})
   return {
-      'eer_identity': float(metrics_lib.challenge_eer(labels, cos)),
-      'eer_fused': float(fused_eer),
-      'fuse_strength': float(strength),
-      'threshold': float(metrics_lib.eer_threshold(labels, fused)),
-      'fake_pair_auc': float(fake_auc),
-      'eer_identity_fake_pairs': on_fakes(cos),
-      'eer_fused_fake_pairs': on_fakes(fused),
-      'pairs': int(labels.size),
+      'eer_identity': float(cosine.get('eer', nan)),
+      'eer_fused': float(fused.get('eer', nan)),
+      'fuse_strength': result['fuse_strength'],
+      'threshold': float(fused.get('eer_threshold', nan)),
+      'fake_pair_auc': float(result['fake_detection_pair'].get('auc', nan)),
+      'eer_identity_fake_pairs': float(cosine.get('eer_fake_pairs', nan)),
+      'eer_fused_fake_pairs': float(fused.get('eer_fake_pairs', nan)),
+      'pairs': result['labelled_pairs'],
   }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The loop.
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps, so it can save before exiting."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    if threading_is_main():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
-def threading_is_main() -> bool:
-  import threading  # pylint: disable=g-import-not-at-top
-  return threading.current_thread() is threading.main_thread()
 
 
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
@@ -573,11 +408,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   state = create_train_state(model, head, tx, config, jax.random.PRNGKey(config.seed))
   manager = checkpoints.train_manager(workdir, save_every=config.checkpoint_every, keep=config.keep_checkpoints)
   best = checkpoints.best_manager(workdir)
-  best_meta = {}
-  if best.latest_step() is not None:
-    best_meta = best.restore(best.latest_step(), args=_meta_only()).meta or {}
+  best_meta = checkpoints.read_meta(best)
   if manager.latest_step() is not None:
-    state, _, start = checkpoints.restore(manager, _abstract_state(state))
+    state, _, start = checkpoints.restore(manager, checkpoints.abstract(state))
     log.info('Resuming from %s at step %d', manager.directory, start)
   else:
     if config.init_from:
@@ -589,7 +422,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   p_train_step = jax.pmap(
       functools.partial(train_step, model=model, head=head, tx=tx, config=config, lr_fn=lr_fn),
       axis_name='batch', donate_argnums=(0,))
-  embed_fn = make_embed_fn(model)
   rstate = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (num_devices,) + np.shape(x)), state)
   batches = pipeline.train_dataset(builder, config, num_devices=num_devices, start_step=start, seed=config.seed)
   writer = _MetricWriter(workdir)
@@ -597,7 +429,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   def validate(step: int, variables: dict) -> dict:
     pairs = pipeline.pairs_dataset(builder, 'val', config, config.eval_batch_size)
-    result = evaluate_pairs(embed_fn, variables, pairs)
+    result = validate_pairs(model, variables, pairs, input_size=config.model.input_size,
+                            batch_size=2 * config.eval_batch_size)
     writer.write(step, {f'val_{k}': v for k, v in result.items()})
     log.info('step %d: validation EER identity-only %.4f, fused %.4f (strength %.2f) on %d pairs; on the pairs with '
              'fakes %.4f vs %.4f; fake-in-pair AUC %.3f', step, result['eer_identity'], result['eer_fused'],
@@ -615,7 +448,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   summaries, t0, seen = [], time.time(), 0
   step = start
   try:
-    with _Preemption() as preemption:
+    with checkpoints.Preemption() as preemption:
       while step < total_steps:
         batch = next(batches)
         rstate, summary = p_train_step(rstate, batch)
@@ -642,11 +475,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           summaries, t0, seen = [], time.time(), 0
         if step % eval_every == 0 or step == total_steps:
           val_metrics = validate(step, checkpoints.inference_variables(_unreplicate(rstate)))
-        saved = checkpoints.save(manager, step, _unreplicate(rstate),
-                                 {'step': step, 'scoring': best_meta.get('scoring', {})}, force=step == total_steps)
+        meta = {'step': step, 'scoring': best_meta.get('scoring', {})}
+        saved = checkpoints.save(manager, step, _unreplicate(rstate), meta, force=step == total_steps)
         if preemption.requested:
           if not saved:  # a SIGTERM on a step just saved (the last one, say) must not save it twice: Orbax refuses
-            checkpoints.save(manager, step, _unreplicate(rstate), {'step': step}, force=True)
+            checkpoints.save(manager, step, _unreplicate(rstate), meta, force=True)
           manager.wait_until_finished()
           log.warning('SIGTERM: saved the checkpoint at step %d in %s; rerun the same command to resume', step,
                       manager.directory)
@@ -660,16 +493,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if not val_metrics:
     val_metrics = validate(step, checkpoints.inference_variables(_unreplicate(rstate)))
   return {'step': step, **val_metrics}
-
-
-def _meta_only():
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  return ocp.args.Composite(meta=ocp.args.JsonRestore())
-
-
-def _abstract_state(state: dict):
-  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding), state)
 
 
 def _progress(total: int, start: int, config: ml_collections.ConfigDict):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import os
 import pathlib
 import sys
@@ -24,12 +23,14 @@ from collections.abc import Sequence
 from typing import Any, Union
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxface import scoring
+from jaxface import inference, scoring
 
-ALIGNED_SIZE = 112
+ALIGNED_SIZE = inference.ALIGNED_SIZE
+# Photos larger than this are downscaled before aligning, as preprocessing does (BuildOptions.max_photo_side); a
+# checkpoint's config.data.max_photo_side, recorded from its dataset, replaces it.
+DEFAULT_MAX_PHOTO_SIDE = 2048
 # A photo whose fake probability is above this is reported as looking generated.
 FAKE_WARNING = 0.5
 
@@ -64,53 +65,6 @@ class VerificationResult:
     return self.p_fake_a > limit, self.p_fake_b > limit
 
 
-def to_model_input(faces, size: int) -> jax.Array:
-  """Aligned faces -> the model's input, as the training input pipeline makes it (jit-compatible).
-
-  Args:
-    faces: (B, H, W, 3) uint8 RGB aligned faces (H = W = 112 usually), or float32 already in [-1, 1].
-    size: the model's input side (config.model.input_size, 112 or 56).
-
-  Returns:
-    (B, size, size, 3) float32 in [-1, 1].
-  """
-  faces = jnp.asarray(faces)
-  if faces.dtype == jnp.uint8:
-    faces = faces.astype(jnp.float32) / 127.5 - 1.0
-  faces = faces.astype(jnp.float32)
-  if faces.shape[1:3] != (size, size):
-    # Antialiased bilinear, as the pipeline's tf.image.resize(antialias=True) shrinks its 112 crops (same numbers).
-    faces = jax.image.resize(faces, (faces.shape[0], size, size, faces.shape[3]), method='linear', antialias=True)
-  return jnp.clip(faces, -1.0, 1.0)
-
-
-@functools.lru_cache(maxsize=8)
-def _compiled_forward(model, flip_tta: bool, input_size: int):
-  """jit-compiled (variables, faces (B, H, W, 3) uint8 or float32) -> (embedding (B, D), fake_logit (B,)).
-
-  Cached per (model, flip_tta): Flax modules compare by their fields, so verifiers of one architecture (an evaluation
-  and a verification in one process, or tests) share compiled programs.
-  """
-
-  def forward(variables, faces):
-    images = to_model_input(faces, input_size)
-    outputs = model.apply(variables, images, train=False)
-    embedding, fake_logit = outputs['embedding'], outputs['fake_logit']
-    if flip_tta:
-      flipped = model.apply(variables, images[:, :, ::-1, :], train=False)
-      # Summing un-normalised embeddings weights each view by its norm (its quality), as AdaFace validates.
-      embedding = embedding + flipped['embedding']
-      fake_logit = 0.5 * (fake_logit + flipped['fake_logit'])
-    return embedding.astype(jnp.float32), fake_logit.astype(jnp.float32)
-
-  return jax.jit(forward)
-
-
-def _bucket(count: int, batch_size: int) -> int:
-  """The padded batch size for `count` images: the next power of two, at most `batch_size`."""
-  return min(batch_size, 1 << max(count - 1, 0).bit_length())
-
-
 class FaceVerifier:
   """A trained FaceModel with its scoring calibration and aligner; see the module docstring.
 
@@ -127,17 +81,23 @@ class FaceVerifier:
   """
 
   def __init__(self, model, variables: dict, scoring_params: dict, *, input_size: int = ALIGNED_SIZE,
-               aligner: Any = None, aligner_path: str | None = None, batch_size: int = 32, flip_tta: bool = False):
-    self.model = model
-    self.variables = jax.device_put(variables)
+               aligner: Any = None, aligner_path: str | None = None, batch_size: int = 32, flip_tta: bool = False,
+               max_photo_side: int = DEFAULT_MAX_PHOTO_SIDE):
+    self.network = inference.Network(model, variables, input_size=input_size, batch_size=batch_size,
+                                     flip_tta=flip_tta)
     self.fuse_strength = float(scoring_params['fuse_strength'])
     self.threshold = float(scoring_params['threshold'])
-    self.input_size = int(input_size)
-    self.batch_size = int(batch_size)
-    self.flip_tta = bool(flip_tta)
+    self.max_photo_side = int(max_photo_side)
     self._aligner = aligner
     self._aligner_path = aligner_path or None
-    self._forward = _compiled_forward(model, self.flip_tta, self.input_size)
+
+  @property
+  def input_size(self) -> int:
+    return self.network.input_size
+
+  @property
+  def flip_tta(self) -> bool:
+    return self.network.flip_tta
 
   @classmethod
   def load(cls, checkpoint: str | os.PathLike, *, aligner: Any = None, aligner_path: str | None = None,
@@ -163,37 +123,16 @@ class FaceVerifier:
     if aligner is None:
       aligner = data.get('aligner') or 'none'
       aligner_path = aligner_path or data.get('aligner_path') or None
-    return cls(build_inference_model(config.model), variables, scoring_params,
+    return cls(inference.build_inference_model(config.model), variables, scoring_params,
                input_size=config.model.get('input_size', ALIGNED_SIZE), aligner=aligner, aligner_path=aligner_path,
-               batch_size=batch_size, flip_tta=flip_tta)
+               batch_size=batch_size, flip_tta=flip_tta,
+               max_photo_side=data.get('max_photo_side') or DEFAULT_MAX_PHOTO_SIDE)
 
   # ---------------------------------------------------------------------------------------------------- the network
 
   def infer(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Runs the network on aligned faces, in padded fixed-size batches.
-
-    Args:
-      faces: (B, H, W, 3) uint8 aligned faces, or float32 in [-1, 1] (resized to the input size if needed).
-
-    Returns:
-      (embeddings (B, D) float32 un-normalised (with flip TTA: the norm-weighted sum of both views),
-       fake logits (B,) float32).
-    """
-    faces = np.asarray(faces)
-    embeddings, logits = [], []
-    for start in range(0, len(faces), self.batch_size):
-      chunk = faces[start:start + self.batch_size]
-      if chunk.dtype != np.uint8:
-        chunk = chunk.astype(np.float32)
-      count = len(chunk)
-      padded = np.zeros((_bucket(count, self.batch_size), *chunk.shape[1:]), chunk.dtype)
-      padded[:count] = chunk
-      embedding, fake_logit = self._forward(self.variables, padded)
-      embeddings.append(np.asarray(embedding)[:count])
-      logits.append(np.asarray(fake_logit)[:count])
-    if not embeddings:
-      return np.zeros((0, 0), np.float32), np.zeros((0,), np.float32)
-    return np.concatenate(embeddings), np.concatenate(logits)
+    """(embeddings (B, D) un-normalised, fake logits (B,)) of aligned faces; see `jaxface.inference.Network.infer`."""
+    return self.network.infer(faces)
 
   # ------------------------------------------------------------------------------------------------------ the photos
 
@@ -243,7 +182,7 @@ class FaceVerifier:
       (faces (B, 112, 112, 3) uint8, found (B,) bool).
     """
     labels = _photo_names(photos, names)
-    images = [_read_photo(photo, label) for photo, label in zip(photos, labels)]
+    images = [_read_photo(photo, label, self.max_photo_side) for photo, label in zip(photos, labels)]
     if not images:
       return np.zeros((0, ALIGNED_SIZE, ALIGNED_SIZE, 3), np.uint8), np.zeros((0,), bool)
     is_crop = [image.shape[:2] == (ALIGNED_SIZE, ALIGNED_SIZE) for image in images]
@@ -272,11 +211,6 @@ class FaceVerifier:
     embeddings, _ = self.infer(self.align(images, aligned))
     return np.asarray(scoring.l2_normalize(embeddings))
 
-  def fake_probability(self, images: Sequence[Photo], aligned: bool | None = None) -> np.ndarray:
-    """Probabilities (B,) float64 that each of B photos is generated."""
-    _, logits = self.infer(self.align(images, aligned))
-    return scoring.sigmoid_np(logits)
-
   def compare(self, photo_a: Photo, photo_b: Photo, aligned: bool | None = None) -> VerificationResult:
     """Decides whether two photos show the same real person.
 
@@ -296,15 +230,6 @@ class FaceVerifier:
                               fuse_strength=self.fuse_strength)
 
 
-def build_inference_model(model_config):
-  """FaceModel for inference from config.model: no cross-device BatchNorm axis (there is no pmap here)."""
-  from jaxface.models.face_model import build_model  # pylint: disable=import-outside-toplevel
-
-  model_config = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
-  model_config['bn_axis_name'] = None
-  return build_model(model_config)
-
-
 def _photo_names(photos: Sequence[Photo], names: Sequence[str] | None) -> list[str]:
   if names is not None:
     return list(names)
@@ -312,10 +237,11 @@ def _photo_names(photos: Sequence[Photo], names: Sequence[str] | None) -> list[s
           for index, photo in enumerate(photos)]
 
 
-def _read_photo(photo: Photo, label: str) -> np.ndarray:
+def _read_photo(photo: Photo, label: str, max_side: int) -> np.ndarray:
   if isinstance(photo, (str, os.PathLike)):
-    from jaxface.data.challenge import load_rgb  # pylint: disable=import-outside-toplevel
-    return load_rgb(photo)
+    # The reader preprocessing uses, at the dataset's max_photo_side: a large photo aligns as it did in training.
+    from jaxface.data.challenge import read_photo  # pylint: disable=import-outside-toplevel
+    return read_photo(photo, max_side)[0]
   image = np.asarray(photo)
   if image.ndim == 2:
     image = np.repeat(image[..., None], 3, axis=-1)

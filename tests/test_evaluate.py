@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from jaxface import checkpoints, evaluate, metrics, scoring
-from jaxface.verify import FaceVerifier, build_inference_model
+from jaxface.inference import PairScores, build_inference_model
+from jaxface.verify import FaceVerifier
 
 STRENGTH, THRESHOLD = 1.5, 0.2
 
@@ -20,7 +21,7 @@ STRENGTH, THRESHOLD = 1.5, 0.2
 # Metrics of scored pairs (no model).
 
 
-def _synthetic_scores(seed=0, n=300) -> evaluate.PairScores:
+def _synthetic_scores(seed=0, n=300) -> PairScores:
   """Same-person pairs, different people and own fakes (high cosine, one photo likely fake), as a model gives them."""
   rng = np.random.default_rng(seed)
   kinds = np.array(['same'] * n + ['different'] * n + ['own_fake'] * n, dtype=object)
@@ -30,16 +31,16 @@ def _synthetic_scores(seed=0, n=300) -> evaluate.PairScores:
   p_fake0 = rng.beta(1.5, 12, 3 * n)
   p_fake1 = np.concatenate([rng.beta(1.5, 12, 2 * n), rng.beta(8, 1.5, n)])
   is_fake1 = np.concatenate([np.zeros(2 * n, np.int64), np.ones(n, np.int64)])  # known, as in the val split
-  return evaluate.PairScores(
+  return PairScores(
       pair_ids=np.array([f'{i:08d}' for i in range(3 * n)], dtype=object), cosine=cosine, p_fake0=p_fake0,
       p_fake1=p_fake1, labels=labels, kinds=kinds, is_fake0=np.zeros(3 * n, np.int64), is_fake1=is_fake1,
       face_found0=np.ones(3 * n, bool), face_found1=np.ones(3 * n, bool))
 
 
-def test_compute_metrics_on_own_fakes():
+def test_pair_metrics_on_own_fakes():
   scores = _synthetic_scores()
   strength, _ = scoring.calibrate_strength(scores.cosine, scores.p_fake0, scores.p_fake1, scores.labels)
-  result = evaluate.compute_metrics(scores, strength, threshold=0.3)
+  result = metrics.pair_metrics(scores, strength, threshold=0.3)
   fused, cosine = result['fused'], result['cosine']
   assert fused['eer'] < 0.06 and cosine['eer'] > 0.3  # the cosine is fooled by own fakes, the fused score is not
   assert fused['eer'] == metrics.challenge_eer(scores.labels, scores.fused(strength))
@@ -58,11 +59,11 @@ def test_compute_metrics_on_own_fakes():
   assert 'EER same vs own_fake' in table and f'{fused["eer"]:.4f}' in table
 
 
-def test_compute_metrics_without_labels():
+def test_pair_metrics_without_labels():
   scores = _synthetic_scores(n=20)
   scores.labels[:] = -1
   scores.kinds[:] = ''
-  result = evaluate.compute_metrics(scores, 1.0)
+  result = metrics.pair_metrics(scores, 1.0)
   assert 'fused' not in result and result['labelled_pairs'] == 0
   assert result['fake_detection_pair'] == {}
 
@@ -215,5 +216,5 @@ def test_tfds_pairs_score_like_photos(workdir):
   cosine = np.asarray(scoring.cosine_similarity(embeddings[:6], embeddings[6:]))
   np.testing.assert_allclose(scores.cosine, cosine[order], atol=1e-4)
   np.testing.assert_allclose(scores.p_fake1, scoring.sigmoid_np(logits[6:])[order], atol=1e-4)
-  result = evaluate.compute_metrics(scores, STRENGTH)
+  result = metrics.pair_metrics(scores, STRENGTH)
   assert result['fake_detection_image']['num_fake'] == 3 and result['fake_detection_image']['num_real'] == 9

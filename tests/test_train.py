@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from jaxface import config as config_lib
 from jaxface import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def test_missing_dataset_is_one_line(tmp_path, cache):
 
 
 def test_override_parsing():
-  config = train.load_config(DEFAULT, ['--config.optim.learning_rate=1', '--config.model.arch=ir_50',
+  config = config_lib.load_config(DEFAULT, ['--config.optim.learning_rate=1', '--config.model.arch=ir_50',
                                        '--config.progress=false', '--config.optim.decay_epochs=(3, 4)'])
   assert config.optim.learning_rate == 1.0 and isinstance(config.optim.learning_rate, float)
   assert config.model.arch == 'ir_50' and config.progress is False and tuple(config.optim.decay_epochs) == (3, 4)
@@ -90,7 +91,7 @@ def test_weight_decay_skips_batchnorm_bias_and_prelu():
 
 def test_fake_head_has_its_own_adam_whatever_the_gradient_scale():
   """With optim.fake_head_lr the fake head's step is Adam-sized even when its gradient is tiny and AdaFace's huge."""
-  config = train.load_config(str(DEFAULT), ['--config.optim.warmup_epochs=0', '--config.optim.schedule=constant'])
+  config = config_lib.load_config(str(DEFAULT), ['--config.optim.warmup_epochs=0', '--config.optim.schedule=constant'])
   lr_fn = train.learning_rate_schedule(config, 10, 100)
   params = {'model': {'backbone': {'conv': {'kernel': np.ones(4, np.float32)}},
                       'fake_head': {'logit': {'kernel': np.ones(4, np.float32)}}},
@@ -111,10 +112,11 @@ def test_fake_head_has_its_own_adam_whatever_the_gradient_scale():
 _PMAP_SCRIPT = r'''
 import functools, json, sys
 import jax, jax.numpy as jnp, numpy as np
+from jaxface import config as config_lib
 from jaxface import train
 from jaxface.models.face_model import build_model
 from jaxface.models.heads import AdaFaceHead
-config = train.load_config(sys.argv[1], ['--config.model.width=0.125', '--config.model.dropout=0.0'])
+config = config_lib.load_config(sys.argv[1], ['--config.model.width=0.125', '--config.model.dropout=0.0'])
 model, head = build_model(config.model), AdaFaceHead(num_classes=10)
 lr_fn = train.learning_rate_schedule(config, 10, 100)
 tx = train.make_optimizer(config, lr_fn)
@@ -245,7 +247,7 @@ def test_run_records_the_aligner_its_dataset_was_aligned_with(tmp_path, monkeypa
 
   (tmp_path / 'jaxface_faces').mkdir()
   monkeypatch.setattr(tfds, 'builder', lambda name, data_dir: Prepared())
-  config = train.load_config(DEFAULT, ['--config.data.source=tfds', f'--config.data.tfds_dir={tmp_path}'])
+  config = config_lib.load_config(DEFAULT, ['--config.data.source=tfds', f'--config.data.tfds_dir={tmp_path}'])
   assert config.data.aligner == 'none'
   train.load_builder(config)
   assert config.data.aligner == 'mtcnn' and config.data.aligner_path == ''

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from jaxface import checkpoints, scoring
-from jaxface.verify import FaceVerifier, VerifyError, build_inference_model, main, to_model_input
+from jaxface.inference import build_inference_model, to_model_input
+from jaxface.verify import FaceVerifier, VerifyError, main
 
 STRENGTH, THRESHOLD = 2.0, 0.3
 
@@ -86,17 +87,17 @@ def test_batches_are_padded_to_few_sizes(tiny):
   model, variables = tiny
   verifier = FaceVerifier(model, variables, {'fuse_strength': 1.0, 'threshold': 0.0}, input_size=56, batch_size=4)
   faces = _faces(7, seed=1)
-  compiled = verifier._forward._cache_size()  # pylint: disable=protected-access
+  compiled = verifier.network._forward._cache_size()  # pylint: disable=protected-access
   embeddings, logits = verifier.infer(faces)  # batches of 4 and 3 (padded to 4)
   assert embeddings.shape == (7, 64) and logits.shape == (7,)
   expected_embedding, expected_logit = _direct(model, variables, faces)
   np.testing.assert_allclose(embeddings, expected_embedding, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(logits, expected_logit, rtol=1e-4, atol=1e-4)
   verifier.infer(faces[:3])  # also padded to 4: no new program
-  assert verifier._forward._cache_size() <= compiled + 1  # pylint: disable=protected-access
+  assert verifier.network._forward._cache_size() <= compiled + 1  # pylint: disable=protected-access
   single, _ = verifier.infer(faces[5:6])  # padded to 1
   np.testing.assert_allclose(single[0], expected_embedding[5], rtol=1e-4, atol=1e-4)
-  assert verifier._forward._cache_size() <= compiled + 2  # pylint: disable=protected-access
+  assert verifier.network._forward._cache_size() <= compiled + 2  # pylint: disable=protected-access
   unit = verifier.embed(list(faces[:2]), aligned=True)
   np.testing.assert_allclose(np.linalg.norm(unit, axis=-1), 1.0, rtol=1e-5)
 

@@ -8,12 +8,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxface.models.layers import Conv, batch_norm
+from jaxface.scoring import l2_normalize
 
 
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-5) -> jax.Array:
-  """x / max(||x||, eps) along `axis` (AdaFace's l2_norm adds no eps; this only guards all-zero rows)."""
-  norm = jnp.linalg.norm(x, axis=axis, keepdims=True)
-  return x / jnp.maximum(norm, eps)
+# AdaFace's l2_norm adds no eps; this one only guards all-zero rows in training.
+_EPS = 1e-5
 
 
 class AdaFaceHead(nn.Module):
@@ -28,7 +27,7 @@ class AdaFaceHead(nn.Module):
   def __call__(self, embedding: jax.Array) -> jax.Array:
     """(B, D) embedding, normalised or not -> (B, C) float32 cosine (W column-normalised), unclipped."""
     kernel = self.param('kernel', nn.initializers.normal(1.0), (embedding.shape[-1], self.num_classes), jnp.float32)
-    return l2_normalize(embedding.astype(jnp.float32)) @ l2_normalize(kernel, axis=0)
+    return l2_normalize(embedding.astype(jnp.float32), eps=_EPS) @ l2_normalize(kernel, axis=0, eps=_EPS)
 
 
 def mean_std_pool(feature_map: jax.Array) -> jax.Array:
@@ -68,7 +67,7 @@ class FakeHead(nn.Module):
     """embedding (B, D), stages {'stem', 'residual' (optional), 'stage1', 'stage2', ...} (B, h, w, c) -> (B,) logit."""
     # The identity embedding must not be bent to serve fake detection; the fake head reads it, the push-away loss and
     # the identity loss shape it.
-    parts = [jax.lax.stop_gradient(l2_normalize(embedding.astype(jnp.float32)))]
+    parts = [jax.lax.stop_gradient(l2_normalize(embedding.astype(jnp.float32), eps=_EPS))]
     if self.mode == 'features':
       trace = Conv(self.trace_channels, 3, 1, 1, dtype=self.dtype, name='trace_conv')(stages['stage1'])
       trace = nn.relu(batch_norm(self.train, self.bn_axis_name, self.dtype, name='trace_bn')(trace))
