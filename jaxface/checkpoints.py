@@ -4,7 +4,8 @@ A workdir holds:
 
 - `config.json`: the run's ConfigDict, so a checkpoint can be used without its config file;
 - `checkpoints/<step>/`: the full training state (parameters, optimiser, batch statistics, AdaFace EMA statistics, RNG,
-  step), written asynchronously every `config.checkpoint_every` steps and at the end, the last `config.keep` kept;
+  step), written asynchronously every `config.checkpoint_every` steps and at the end, the last
+  `config.keep_checkpoints` kept;
 - `best/<step>/`: the inference variables of the model with the best fused validation EER, with its scoring
   calibration (fuse strength, threshold at the EER).
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import tqdm
 
-from jaxface import metrics, plots, scoring
+from jaxface import metrics, plots
 from jaxface.data.challenge import REAL_KINDS
 from jaxface.inference import PairScores, score_pairs
 from jaxface.verify import FaceVerifier, VerifyError

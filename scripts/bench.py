@@ -4,9 +4,10 @@ r"""Benchmarks jaxface against an equivalent PyTorch pipeline; see BENCHMARKS.md
   python scripts/bench.py --stage train --arch mobilefacenet --batch 64  # the pretrained real-faces backbone vs its twin
   python scripts/bench.py --stage ops --batch 32                         # depthwise conv and BatchNorm: XLA/Flax vs jaxface vs PyTorch
   python scripts/bench.py --stage conv --batch 32                        # conv2d (custom VJP) vs lax vs PyTorch per IR-18 shape
+  python scripts/bench.py --stage xla --batch 8                          # XLA:CPU library switches (XLA_FLAGS) on one conv
   python scripts/bench.py --stage all --json bench.json                  # every stage, each in its own subprocess
 
-Stages: conv, ops, train, infer, align, pipeline. Each figure is the median of --repeats timed runs after warm-up; JAX and
+Stages: conv, ops, xla (in scripts/bench_kernels.py), train, infer, align, pipeline. Each figure is the median of --repeats timed runs after warm-up; JAX and
 PyTorch runs alternate within one process so that load from other programs hits both alike. Each stage runs in a child
 process (unless --in-process) so its peak resident memory (ru_maxrss) is its own.
 """
@@ -18,8 +19,6 @@ import json
 import os
 import pathlib
 import platform
-import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -27,8 +26,13 @@ from typing import Any, Callable
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / 'scripts'))
 
-STAGES = ('conv', 'ops', 'train', 'infer', 'align', 'pipeline')
+from bench_kernels import (  # noqa: E402  pylint: disable=wrong-import-position
+    alternate, jax_device, median_time, peak_rss_mb, setup_threads, stage_conv, stage_ops, stage_xla, sync_torch,
+    torch_device)
+
+STAGES = ('conv', 'ops', 'xla', 'train', 'infer', 'align', 'pipeline')
 ARCHS = {'ir18': 'ir_18', 'ir50': 'ir_50', 'mobilefacenet': 'mobilefacenet'}
 # Forward FLOPs per 112x112 image, multiply-adds counted as 2 (reference.md section 8).
 # MobileFaceNet: XLA's cost analysis of the forward pass at batch 1 (convolutions, BatchNorm and activations).
@@ -38,134 +42,14 @@ BF16_PEAK = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, 'TPU 
 NUM_CLASSES = 1000
 
 
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def alternate(runners: dict[str, Callable[[], Any]], repeats: int,
-              all_times: dict[str, list[float]] | None = None) -> dict[str, float]:
-  """Median seconds per call of each runner, the runners taking turns so that background load hits them alike.
-
-  Every timed call's seconds are appended to `all_times[name]` when it is given.
-  """
-  times = {name: [] for name in runners}
-  for _ in range(repeats):
-    for name, run in runners.items():
-      start = time.perf_counter()
-      run()
-      times[name].append(time.perf_counter() - start)
-  if all_times is not None:
-    for name, ts in times.items():
-      all_times.setdefault(name, []).extend(ts)
-  return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def setup_threads(device: str) -> dict[str, Any]:
-  import torch  # pylint: disable=import-outside-toplevel
-  cores = os.cpu_count() or 1
-  torch.set_num_threads(cores)
-  return {'cpu_count': cores, 'torch_threads': torch.get_num_threads(), 'device': device}
-
-
-def jax_device(device: str):
-  import jax  # pylint: disable=import-outside-toplevel
-  return jax.devices('cpu' if device == 'cpu' else None)[0]
-
-
-def torch_device(device: str) -> str:
-  return 'cpu' if device == 'cpu' else 'cuda'
-
-
-def sync_torch(device: str) -> None:
-  import torch  # pylint: disable=import-outside-toplevel
-  if device != 'cpu':
-    torch.cuda.synchronize()
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# conv: one convolution, forward and both gradients, per IR-18 shape.
-# ----------------------------------------------------------------------------------------------------------------------
-
-# (input side, in channels, out channels, kernel, stride, how many times IR-18 has it) at 112x112 input.
-IR18_CONVS = [
-    (112, 3, 64, 3, 1, 1), (112, 64, 64, 3, 1, 1), (112, 64, 64, 3, 2, 1), (56, 64, 64, 3, 1, 2),
-    (56, 64, 128, 3, 1, 1), (56, 128, 128, 3, 2, 1), (56, 64, 128, 1, 2, 1), (28, 128, 128, 3, 1, 2),
-    (28, 128, 256, 3, 1, 1), (28, 256, 256, 3, 2, 1), (28, 128, 256, 1, 2, 1), (14, 256, 256, 3, 1, 2),
-    (14, 256, 512, 3, 1, 1), (14, 512, 512, 3, 2, 1), (14, 256, 512, 1, 2, 1), (7, 512, 512, 3, 1, 2),
-]
-
-
-def stage_conv(args) -> dict[str, Any]:
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
-  from jaxface.ops import conv  # pylint: disable=import-outside-toplevel
-
-  rng = np.random.default_rng(0)
-  rows = []
-  shapes = IR18_CONVS if not args.conv_shapes else [IR18_CONVS[int(i)] for i in args.conv_shapes.split(',')]
-  for side, cin, cout, k, stride, count in shapes:
-    pad = (k - 1) // 2
-    x = jnp.asarray(rng.standard_normal((args.batch, side, side, cin)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((k, k, cin, cout)) * 0.05, jnp.float32)
-    out_side = (side + 2 * pad - k) // stride + 1
-    dy = jnp.asarray(rng.standard_normal((args.batch, out_side, out_side, cout)), jnp.float32)
-
-    def jax_fns(fn):
-      fwd = jax.jit(lambda x_, w_: fn(x_, w_, stride, (pad, pad)))
-      dx = jax.jit(lambda x_, w_, dy_: jax.vjp(lambda a: fn(a, w_, stride, (pad, pad)), x_)[1](dy_)[0])
-      dw = jax.jit(lambda x_, w_, dy_: jax.vjp(lambda b: fn(x_, b, stride, (pad, pad)), w_)[1](dy_)[0])
-      return fwd, dx, dw
-
-    runs = {}
-    for name, fn in (('lax', conv.conv2d_lax), ('jaxface', conv.conv2d)):
-      fwd, dx, dw = jax_fns(fn)
-      runs[f'{name}_fwd'] = functools.partial(lambda f: f(x, w).block_until_ready(), fwd)
-      runs[f'{name}_dx'] = functools.partial(lambda f: f(x, w, dy).block_until_ready(), dx)
-      runs[f'{name}_dw'] = functools.partial(lambda f: f(x, w, dy).block_until_ready(), dw)
-    xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
-    wt = torch.from_numpy(np.asarray(w).transpose(3, 2, 0, 1).copy())
-    dyt = torch.from_numpy(np.asarray(dy).transpose(0, 3, 1, 2).copy())
-    runs['torch_fwd'] = lambda: torch.nn.functional.conv2d(xt, wt, stride=stride, padding=pad)
-    runs['torch_dx'] = lambda: torch.nn.grad.conv2d_input(xt.shape, wt, dyt, stride=stride, padding=pad)
-    runs['torch_dw'] = lambda: torch.nn.grad.conv2d_weight(xt, wt.shape, dyt, stride=stride, padding=pad)
-    with torch.no_grad():
-      for run in runs.values():
-        run()  # compile / warm up
-      times = alternate(runs, args.repeats)
-    row = {'shape': f'{side}x{side} {cin}->{cout} k{k} s{stride}', 'count': count,
-           **{key: round(value * 1000, 2) for key, value in times.items()}}
-    rows.append(row)
-    print(f"{row['shape']:28s} x{count}  fwd lax {row['lax_fwd']:7.1f} jaxface {row['jaxface_fwd']:7.1f} torch "
-          f"{row['torch_fwd']:7.1f} | dx lax {row['lax_dx']:7.1f} jaxface {row['jaxface_dx']:7.1f} torch "
-          f"{row['torch_dx']:7.1f} | dW lax {row['lax_dw']:8.1f} jaxface {row['jaxface_dw']:7.1f} torch "
-          f"{row['torch_dw']:7.1f} ms", flush=True)
-  totals = {}
-  for key in rows[0]:
-    if key not in ('shape', 'count'):
-      totals[key] = round(sum(r[key] * r['count'] for r in rows), 1)
-  print('IR-18 total (ms, weighted by count): ' + ', '.join(f'{k} {v}' for k, v in totals.items()))
-  return {'batch': args.batch, 'unit': 'ms per call (median)', 'rows': rows, 'ir18_totals_ms': totals}
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # train: the jaxface jit train step against a PyTorch eager (and compiled) step of the same network and heads.
 # ----------------------------------------------------------------------------------------------------------------------
 
 
 def bench_config(arch: str, batch: int):
-  from configs import default  # pylint: disable=import-outside-toplevel
-  config = default.get_config()
+  from jaxface import config as config_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.load_config(config_lib.DEFAULT_CONFIG)
   config.model.arch = arch
   config.model.width = 1.0
   config.model.input_size = 112
@@ -202,13 +86,10 @@ def jax_train_step(config, batch_np: dict[str, Any], device) -> Callable[[], Any
   model, head = build_model(config.model), AdaFaceHead(NUM_CLASSES)
   lr_fn = lambda step: config.optim.learning_rate
   with jax.default_device(device):
-    if all(hasattr(train, n) for n in ('make_optimizer', 'create_train_state', 'train_step')):
-      tx = train.make_optimizer(config, lr_fn)
-      state = train.create_train_state(model, head, tx, config, jax.random.key(0))
-      step = jax.jit(functools.partial(train.train_step, model=model, head=head, tx=tx, config=config, lr_fn=lr_fn,
-                                       axis_name=None), donate_argnums=0)
-    else:
-      state, step = _fallback_train_step(model, head, config)
+    tx = train.make_optimizer(config, lr_fn)
+    state = train.create_train_state(model, head, tx, config, jax.random.key(0))
+    step = jax.jit(functools.partial(train.train_step, model=model, head=head, tx=tx, config=config, lr_fn=lr_fn,
+                                     axis_name=None), donate_argnums=0)
     batch = jax.device_put(batch_np, device)
   holder = {'state': state}
 
@@ -218,110 +99,11 @@ def jax_train_step(config, batch_np: dict[str, Any], device) -> Callable[[], Any
   return run
 
 
-def _fallback_train_step(model, head, config):
-  """A self-contained step (SGD-momentum, AdaFace + fake BCE) for trees without jaxface.train's step functions."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
-  from jaxface import losses  # pylint: disable=import-outside-toplevel
-
-  images = jnp.zeros((2, 112, 112, 3), jnp.float32)
-  variables = model.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)}, images, train=False)
-  params = {'model': variables['params'], 'head': head.init(jax.random.key(2), jnp.zeros((2, 512)))['params']}
-  tx = optax.sgd(config.optim.learning_rate, momentum=0.9)
-  state = {'params': params, 'batch_stats': variables['batch_stats'], 'opt': tx.init(params),
-           'adaface': losses.init_adaface_state()}
-
-  def step(state, batch):
-    def loss_fn(p):
-      out, new_vars = model.apply({'params': p['model'], 'batch_stats': state['batch_stats']}, batch['image'],
-                                  train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.key(3)})
-      cosine = head.apply({'params': p['head']}, out['embedding'])
-      norms = jnp.linalg.norm(out['embedding'], axis=-1)
-      identity, ema, _ = losses.adaface_loss(cosine, norms, batch['label'], state['adaface'], m=0.4, h=0.333, s=64.0,
-                                             t_alpha=0.01, mask=batch['id_mask'])
-      return identity + losses.fake_bce(out['fake_logit'], batch['is_fake'], 1.0), (new_vars, ema)
-    (loss, (new_vars, ema)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
-    updates, opt = tx.update(grads, state['opt'], state['params'])
-    return ({'params': optax.apply_updates(state['params'], updates), 'batch_stats': new_vars['batch_stats'],
-             'opt': opt, 'adaface': ema}, {'loss': loss})
-  return state, jax.jit(step, donate_argnums=0)
-
-
-def torch_face_model(arch: str):
-  """The PyTorch twin of FaceModel(fake_head='features') + AdaFaceHead: official IR net (or foamliu's MobileFaceNet),
-  the same fake head (a conv3x3-BN-ReLU on the stage-1 map, mean+std pooled with the stage-2 map and the embedding)."""
-  import torch  # pylint: disable=import-outside-toplevel
-  from torch import nn  # pylint: disable=import-outside-toplevel
-  from tests.torch_reference import build_torch_ir, build_torch_mobilefacenet  # pylint: disable=import-outside-toplevel
-
-  mobile = arch == 'mobilefacenet'
-  dim, stage1_ch, stage2_ch = (128, 64, 64) if mobile else (512, 64, 128)
-
-  class TorchFaceModel(nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.backbone = (build_torch_mobilefacenet() if mobile else build_torch_ir(arch)).train()
-      self.trace = nn.Sequential(nn.Conv2d(stage1_ch, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
-      self.norm = nn.LayerNorm(dim + 2 * 64 + 2 * stage2_ch)
-      self.mlp = nn.Sequential(nn.Linear(dim + 2 * 64 + 2 * stage2_ch, 256), nn.ReLU(), nn.Linear(256, 1))
-      self.class_weights = nn.Parameter(torch.randn(dim, NUM_CLASSES))
-
-    @staticmethod
-    def pool(x):
-      return torch.cat([x.mean((2, 3)), torch.sqrt(x.var((2, 3), unbiased=False) + 1e-5)], 1)
-
-    def stages_and_embedding(self, images):
-      b = self.backbone
-      if mobile:
-        stage1 = b.dw_conv(b.conv1(images))
-        stage2 = b.features[:5](stage1)
-        x = b.features[5:](stage2)
-        return [stage1, stage2], b.bn(b.conv3(b.gdconv(b.conv2(x)))).flatten(1)
-      x = b.input_layer(images)
-      units = list(b.body)
-      stage_ends = [sum(len_ for len_ in _units_per_stage(arch)[:i + 1]) for i in range(4)]
-      stages = []
-      for i, unit in enumerate(units):
-        x = unit(x)
-        if i + 1 in stage_ends:
-          stages.append(x)
-      return stages, b.output_layer(x)
-
-    def forward(self, images):
-      stages, embedding = self.stages_and_embedding(images)
-      normed = nn.functional.normalize(embedding, dim=1)
-      parts = [normed.detach(), self.pool(self.trace(stages[0])), self.pool(stages[1])]
-      fake_logit = self.mlp(self.norm(torch.cat(parts, 1)))[:, 0]
-      cosine = normed @ nn.functional.normalize(self.class_weights, dim=0)
-      return embedding, cosine, fake_logit
-
-  return TorchFaceModel()
-
-
-def _units_per_stage(arch: str) -> tuple[int, ...]:
-  return {'ir_18': (2, 2, 2, 2), 'ir_34': (3, 4, 6, 3), 'ir_50': (3, 4, 14, 3), 'ir_101': (3, 13, 30, 3)}[arch]
-
-
-def torch_losses(embedding, cosine, fake_logit, label, is_fake, id_mask):
-  """AdaFace (batch-statistics margin, as the official code computes it) + fake BCE + push-away, in PyTorch."""
-  import torch  # pylint: disable=import-outside-toplevel
-  norms = embedding.norm(dim=1).clamp(0.001, 100).detach()
-  margin_scaler = ((norms - norms.mean()) / (norms.std() + 1e-3) * 0.333).clamp(-1, 1)
-  cosine = cosine.clamp(-1 + 1e-3, 1 - 1e-3)
-  one_hot = torch.nn.functional.one_hot(label, NUM_CLASSES).float()
-  theta = torch.acos(cosine) + one_hot * (-0.4 * margin_scaler)[:, None]
-  logits = (torch.cos(theta.clamp(1e-3, 3.14159 - 1e-3)) - one_hot * (0.4 + 0.4 * margin_scaler)[:, None]) * 64.0
-  identity = (torch.nn.functional.cross_entropy(logits, label, reduction='none') * id_mask).sum() / id_mask.sum()
-  fake = torch.nn.functional.binary_cross_entropy_with_logits(fake_logit, is_fake.float())
-  pushaway = (torch.relu((cosine * one_hot).sum(1) - 0.3) * is_fake.float()).mean()
-  return identity + fake + 0.5 * pushaway
-
-
 def torch_train_step(arch: str, batch_np: dict[str, Any], device: str, compile_model: bool = False):
   import numpy as np  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
-  model = torch_face_model(arch).to(torch_device(device))
+  from jaxface.torch_reference import torch_face_model, torch_losses  # pylint: disable=import-outside-toplevel
+  model = torch_face_model(arch, NUM_CLASSES).to(torch_device(device))
   forward = torch.compile(model) if compile_model else model
   opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
   dev = torch_device(device)
@@ -332,7 +114,7 @@ def torch_train_step(arch: str, batch_np: dict[str, Any], device: str, compile_m
 
   def run():
     opt.zero_grad(set_to_none=True)
-    loss = torch_losses(*forward(images), label, is_fake, id_mask)
+    loss = torch_losses(*forward(images), label, is_fake, id_mask, NUM_CLASSES)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
     opt.step()
@@ -396,78 +178,6 @@ def stage_train(args) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# ops: MobileFaceNet's CPU weak spots, depthwise convolutions and BatchNorm, against XLA's / Flax's own and PyTorch.
-# ----------------------------------------------------------------------------------------------------------------------
-
-# (side, channels, stride) of MobileFaceNet's depthwise 3x3 convs at 112x112 input, and how many it has.
-MOBILEFACENET_DEPTHWISE = [(56, 64, 1, 1), (56, 128, 2, 1), (28, 128, 1, 4), (28, 256, 2, 1), (14, 256, 1, 6),
-                           (14, 512, 2, 1), (7, 256, 1, 2)]
-
-
-def _timed_row(op: str, count: int, runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Any]:
-  """Warms every runner up (compiles), times them in alternation: {'op', 'count', runner: ms (median)}."""
-  for run in runs.values():
-    run()
-  return {'op': op, 'count': count, **{key: round(v * 1000, 2) for key, v in alternate(runs, repeats).items()}}
-
-
-def stage_ops(args) -> dict[str, Any]:
-  import flax.linen as fnn  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
-  from jaxface.models.layers import BatchNorm  # pylint: disable=import-outside-toplevel
-  from jaxface.ops import depthwise  # pylint: disable=import-outside-toplevel
-
-  rng = np.random.default_rng(0)
-  rows = []
-  for side, channels, stride, count in MOBILEFACENET_DEPTHWISE:
-    x = jnp.asarray(rng.standard_normal((args.batch, side, side, channels)), jnp.float32)
-    k = jnp.asarray(rng.standard_normal((3, 3, 1, channels)) * 0.3, jnp.float32)
-    runs = {}
-    for name, fn in (('lax', depthwise.depthwise_conv2d_lax), ('jaxface', depthwise.depthwise_conv2d)):
-      fwd = jax.jit(lambda x_, k_, fn=fn: fn(x_, k_, stride, 1))
-      grad = jax.jit(jax.grad(lambda x_, k_, fn=fn: jnp.sum(fn(x_, k_, stride, 1) ** 2), argnums=(0, 1)))
-      runs[f'{name}_fwd'] = functools.partial(lambda f: jax.block_until_ready(f(x, k)), fwd)
-      runs[f'{name}_grad'] = functools.partial(lambda f: jax.block_until_ready(f(x, k)), grad)
-    xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_(True)
-    kt = torch.from_numpy(np.asarray(k).transpose(3, 2, 0, 1).copy()).requires_grad_(True)
-    conv = lambda: torch.nn.functional.conv2d(xt, kt, stride=stride, padding=1, groups=channels)
-
-    def torch_grad():
-      (conv() ** 2).sum().backward()
-    runs['torch_fwd'] = lambda: conv().detach()
-    runs['torch_grad'] = torch_grad
-    rows.append(_timed_row(f'depthwise 3x3 {side}x{side}x{channels} s{stride}', count, runs, args.repeats))
-  for side, channels in ((56, 64), (28, 128), (14, 256), (7, 512)):
-    x = jnp.asarray(rng.standard_normal((args.batch, side, side, channels)), jnp.float32)
-    runs = {}
-    for name, module in (('lax', fnn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)),
-                         ('jaxface', BatchNorm(use_running_average=False))):
-      variables = module.init(jax.random.key(0), x)
-      apply = lambda p, x_, m=module, v=variables: m.apply({'params': p, 'batch_stats': v['batch_stats']}, x_,
-                                                           mutable=['batch_stats'])[0]
-      fwd = jax.jit(apply)
-      grad = jax.jit(jax.grad(lambda p, x_, f=apply: jnp.sum(f(p, x_) ** 2), argnums=(0, 1)))
-      runs[f'{name}_fwd'] = functools.partial(lambda f, p: jax.block_until_ready(f(p, x)), fwd, variables['params'])
-      runs[f'{name}_grad'] = functools.partial(lambda f, p: jax.block_until_ready(f(p, x)), grad, variables['params'])
-    bn = torch.nn.BatchNorm2d(channels).train()
-    xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_(True)
-
-    def torch_bn_grad():
-      (bn(xt) ** 2).sum().backward()
-    runs['torch_fwd'] = lambda: bn(xt).detach()
-    runs['torch_grad'] = torch_bn_grad
-    rows.append(_timed_row(f'batchnorm {side}x{side}x{channels}', 1, runs, args.repeats))
-  for row in rows:
-    print(f"{row['op']:34s} x{row['count']}  fwd lax/flax {row['lax_fwd']:8.1f} jaxface {row['jaxface_fwd']:7.1f} "
-          f"torch {row['torch_fwd']:7.1f} | grad lax/flax {row['lax_grad']:8.1f} jaxface {row['jaxface_grad']:7.1f} "
-          f"torch {row['torch_grad']:7.1f} ms", flush=True)
-  return {'batch': args.batch, 'unit': 'ms per call (median)', 'rows': rows}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # infer: embeddings and fake probabilities per second.
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -490,7 +200,8 @@ def stage_infer(args) -> dict[str, Any]:
     out = model.apply(variables, images, train=False)
     return out['embedding'], jax.nn.sigmoid(out['fake_logit'])
 
-  tmodel = torch_face_model(arch).eval().to(torch_device(args.device))
+  from jaxface.torch_reference import torch_face_model  # pylint: disable=import-outside-toplevel
+  tmodel = torch_face_model(arch, NUM_CLASSES).eval().to(torch_device(args.device))
   result = {'arch': arch}
   for batch in [int(b) for b in args.infer_batches.split(',')]:
     images = random_batch(batch)['image']
@@ -636,7 +347,7 @@ def run_stage(args, stage: str) -> dict[str, Any]:
     # XLA:CPU needs about a minute of CPU time to compile an IR-18 train step; a second run reuses it from disk.
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(args.compile_cache))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-  fn = {'conv': stage_conv, 'ops': stage_ops, 'train': stage_train, 'infer': stage_infer, 'align': stage_align,
+  fn = {'conv': stage_conv, 'ops': stage_ops, 'xla': stage_xla, 'train': stage_train, 'infer': stage_infer, 'align': stage_align,
         'pipeline': stage_pipeline}[stage]
   start = time.perf_counter()
   result = fn(args)
@@ -654,6 +365,8 @@ def parse_args(argv=None):
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--device', default='cpu', choices=('cpu', 'gpu'))
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--xla-flags', action='append', default=None, metavar='FLAGS',
+                      help='xla stage: an XLA_FLAGS value to time (repeatable; default: jaxlib default, YNNPACK fusions off, oneDNN)')
   parser.add_argument('--json', help='write the results here')
   parser.add_argument('--torch-compile', action='store_true', help='train stage: also time torch.compile')
   parser.add_argument('--infer-batches', default='1,256')

@@ -33,7 +33,8 @@ def test_jax_and_torch_train_models_have_the_same_parameters(arch):
   head = jax.eval_shape(lambda: AdaFaceHead(bench.NUM_CLASSES).init(jax.random.key(0),
                                                                 jnp.zeros((2, config.model.embedding_dim))))
   jax_sizes = _shapes(variables['params']) + _shapes(head['params'])
-  twin = bench.torch_face_model(arch)
+  from jaxface.torch_reference import torch_face_model
+  twin = torch_face_model(arch, bench.NUM_CLASSES)
   torch_sizes = sorted(tuple(p.shape) for p in twin.parameters())
   # Same count of weights per tensor size (layouts differ: HWIO vs OIHW), and the same total.
   assert sorted(int(np.prod(s)) for s in jax_sizes) == sorted(int(np.prod(s)) for s in torch_sizes)

@@ -14,11 +14,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from torch_reference import build_torch_ir, randomize  # noqa: E402
-
-from jaxface import convert  # noqa: E402
-from jaxface.models.face_model import FaceModel  # noqa: E402
+from jaxface import convert
+from jaxface.models.face_model import FaceModel
+from jaxface.torch_reference import build_torch_ir, randomize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

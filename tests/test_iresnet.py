@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import functools
-import pathlib
-import sys
 
 import flax
 import jax
@@ -13,8 +11,6 @@ import pytest
 
 from jaxface.models.face_model import ARCHS, FaceModel, build_model, high_pass
 from jaxface.models.iresnet import IR_UNITS, IResNet, official_param_count, scaled_channels, shortcut_conv_units
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 
 def count(tree) -> int:
@@ -33,7 +29,7 @@ def test_parameter_counts_match_the_official_models(capsys):
   The hand count (`official_param_count`) is: stem 3*64*9 + 2*64 + 64; per unit in->d 2*in + 9*in*d + 2*d + d +
   9*d*d + 2*d, plus in*d + 2*d for a conv shortcut; output 2*512 + 25088*512 + 512 (BatchNorm1d is affine=False).
   """
-  from torch_reference import build_torch_ir
+  from jaxface.torch_reference import build_torch_ir
   counts = {}
   for arch in ('ir_18', 'ir_50', 'ir_101'):
     counts[arch] = count(flax_backbone_shapes(arch)['params'])

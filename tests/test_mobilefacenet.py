@@ -61,10 +61,10 @@ def test_strict_errors_name_the_key(damage):
 
 
 def test_parity_with_the_pytorch_twin_in_the_real_key_layout():
-  """The PyTorch twin (tests/torch_reference.py, foamliu's module tree), random weights and statistics, converted
+  """The PyTorch twin (jaxface/torch_reference.py, foamliu's module tree), random weights and statistics, converted
   through the real import path: embeddings agree to < 1e-4 (relative to their scale), in eval mode."""
   torch = pytest.importorskip('torch')
-  from torch_reference import build_torch_mobilefacenet, randomize  # pylint: disable=import-outside-toplevel
+  from jaxface.torch_reference import build_torch_mobilefacenet, randomize  # pylint: disable=import-outside-toplevel
   net = randomize(build_torch_mobilefacenet(), seed=3, batch_size=4)
   state = {k: v.numpy() for k, v in net.state_dict().items()}
   assert set(state) == set(random_state_dict())  # the twin's keys are the real file's

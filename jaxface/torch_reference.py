@@ -1,6 +1,8 @@
-"""PyTorch reference IR-ResNet, written after AdaFace's / CVLFace's `net.py` with the same module tree and key names.
+"""PyTorch twins of jaxface's networks, for the parity tests and the benchmarks (`scripts/bench.py`).
 
-Used by the parity tests and by the benchmark helpers: `build_torch_ir(arch, width=1.0)` returns a module whose
+Imports torch at the top: `import jaxface` never imports this module; tests and the bench import it explicitly.
+
+- The IR-ResNet, written after AdaFace's / CVLFace's `net.py` with the same module tree and key names: `build_torch_ir(arch, width=1.0)` returns a module whose
 state_dict keys are the official ones (`input_layer.0.weight`, `body.<i>.res_layer.<k>.*`, `body.<i>.shortcut_layer.*`,
 `output_layer.{0,3,4}.*`). forward(x (B, 3, S, S)) returns the un-normalised embedding (B, 512); the official forward
 returns (embedding / norm, norm), which is the same information.
@@ -193,3 +195,68 @@ class TorchMobileFaceNet(nn.Module):
 
 def build_torch_mobilefacenet(input_size: int = 112) -> TorchMobileFaceNet:
   return TorchMobileFaceNet(input_size).eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The whole two-head model and its losses, for the train and infer benchmarks.
+
+
+def torch_face_model(arch: str, num_classes: int) -> nn.Module:
+  """The PyTorch twin of FaceModel(fake_head='features') + AdaFaceHead: official IR net (or foamliu's MobileFaceNet),
+  the same fake head (a conv3x3-BN-ReLU on the stage-1 map, mean+std pooled with the stage-2 map and the embedding)."""
+  mobile = arch == 'mobilefacenet'
+  dim, stage1_ch, stage2_ch = (128, 64, 64) if mobile else (512, 64, 128)
+
+  class TorchFaceModel(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.backbone = (build_torch_mobilefacenet() if mobile else build_torch_ir(arch)).train()
+      self.trace = nn.Sequential(nn.Conv2d(stage1_ch, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+      self.norm = nn.LayerNorm(dim + 2 * 64 + 2 * stage2_ch)
+      self.mlp = nn.Sequential(nn.Linear(dim + 2 * 64 + 2 * stage2_ch, 256), nn.ReLU(), nn.Linear(256, 1))
+      self.class_weights = nn.Parameter(torch.randn(dim, num_classes))
+
+    @staticmethod
+    def pool(x):
+      return torch.cat([x.mean((2, 3)), torch.sqrt(x.var((2, 3), unbiased=False) + 1e-5)], 1)
+
+    def stages_and_embedding(self, images):
+      b = self.backbone
+      if mobile:
+        stage1 = b.dw_conv(b.conv1(images))
+        stage2 = b.features[:5](stage1)
+        x = b.features[5:](stage2)
+        return [stage1, stage2], b.bn(b.conv3(b.gdconv(b.conv2(x)))).flatten(1)
+      x = b.input_layer(images)
+      units = list(b.body)
+      stage_ends = [sum(IR_UNITS[arch][:i + 1]) for i in range(4)]
+      stages = []
+      for i, unit in enumerate(units):
+        x = unit(x)
+        if i + 1 in stage_ends:
+          stages.append(x)
+      return stages, b.output_layer(x)
+
+    def forward(self, images):
+      stages, embedding = self.stages_and_embedding(images)
+      normed = nn.functional.normalize(embedding, dim=1)
+      parts = [normed.detach(), self.pool(self.trace(stages[0])), self.pool(stages[1])]
+      fake_logit = self.mlp(self.norm(torch.cat(parts, 1)))[:, 0]
+      cosine = normed @ nn.functional.normalize(self.class_weights, dim=0)
+      return embedding, cosine, fake_logit
+
+  return TorchFaceModel()
+
+
+def torch_losses(embedding, cosine, fake_logit, label, is_fake, id_mask, num_classes: int):
+  """AdaFace (batch-statistics margin, as the official code computes it) + fake BCE + push-away, in PyTorch."""
+  norms = embedding.norm(dim=1).clamp(0.001, 100).detach()
+  margin_scaler = ((norms - norms.mean()) / (norms.std() + 1e-3) * 0.333).clamp(-1, 1)
+  cosine = cosine.clamp(-1 + 1e-3, 1 - 1e-3)
+  one_hot = torch.nn.functional.one_hot(label, num_classes).float()
+  theta = torch.acos(cosine) + one_hot * (-0.4 * margin_scaler)[:, None]
+  logits = (torch.cos(theta.clamp(1e-3, 3.14159 - 1e-3)) - one_hot * (0.4 + 0.4 * margin_scaler)[:, None]) * 64.0
+  identity = (torch.nn.functional.cross_entropy(logits, label, reduction='none') * id_mask).sum() / id_mask.sum()
+  fake = torch.nn.functional.binary_cross_entropy_with_logits(fake_logit, is_fake.float())
+  pushaway = (torch.relu((cosine * one_hot).sum(1) - 0.3) * is_fake.float()).mean()
+  return identity + fake + 0.5 * pushaway
