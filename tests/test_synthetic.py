@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_curve
 
-from jaxface.data import challenge, check, synthetic
+from jaxface.data import challenge, check, render, synthetic
 
 
 def _challenge_eer(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -183,8 +183,8 @@ def _render_pairs(kind: str, count: int = 8) -> tuple[np.ndarray, np.ndarray, li
   photos = [synthetic.photo_settings(np.random.default_rng([7, i]), is_fake=True) for i in range(count)]
   real = [dict(photo, traces=np.zeros(4)) for photo in photos]
   fake = [dict(photo, traces=np.eye(4)[synthetic.TRACE_KINDS.index(kind)]) for photo in photos]
-  real_rgb = np.stack([_jpeg_round_trip(rgb) for rgb in synthetic.render_faces(traits, real)])
-  fake_rgb = np.stack([_jpeg_round_trip(rgb) for rgb in synthetic.render_faces(traits, fake)])
+  real_rgb = np.stack([_jpeg_round_trip(rgb) for rgb in render.render_faces(traits, real)])
+  fake_rgb = np.stack([_jpeg_round_trip(rgb) for rgb in render.render_faces(traits, fake)])
   return real_rgb, fake_rgb, fake
 
 
