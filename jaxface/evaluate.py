@@ -117,7 +117,7 @@ def score_tfds(verifier: FaceVerifier, config, source, split: str = 'test', *, b
   config.data.image_size = verifier.input_size
   if isinstance(source, (str, pathlib.Path)):
     config.data.tfds_dir = str(source)
-    source = None  # pairs_dataset loads the builder from config.data.tfds_dir
+    source = pipeline.open_prepared(source)  # ConfigError (one line) for a missing or old-layout dataset
   parts, seen = [], 0
   with tqdm.tqdm(unit='pair', desc=f'scoring {split}', disable=not progress, dynamic_ncols=True) as bar:
     for batch in pipeline.pairs_dataset(source, split, config, batch_pairs):

@@ -1,4 +1,4 @@
-"""Evaluation figures: ROC and DET curves of several scores, and score histograms by pair kind.
+"""Figures: ROC and DET curves of several scores, score histograms by pair kind, and a preview of aligned faces.
 
 Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas directly, so no pyplot state or GUI backend is
 touched (safe in threads, on headless machines and inside a notebook that uses another backend).
@@ -9,6 +9,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import norm
@@ -113,3 +114,43 @@ def score_histograms(scores: Mapping[str, np.ndarray], kinds: Sequence[str | Non
   if title:
     figure.suptitle(title)
   return _save(figure, path)
+
+
+# Landmark colours of the preview: left eye red, right eye green, nose blue, mouth corners yellow and magenta.
+_LANDMARK_COLOURS = [(255, 0, 0), (0, 255, 0), (0, 128, 255), (255, 255, 0), (255, 0, 255)]
+
+
+def write_preview(examples: Sequence[Mapping[str, np.ndarray]], path) -> pathlib.Path:
+  """Writes a PNG grid of aligned faces: train examples with their landmarks and face score, or pairs' first faces.
+
+  Args:
+    examples: decoded examples of a prepared dataset (`tfds.as_numpy`): train examples ('image', 'landmarks' in crop
+      pixels, 'face_score', 'is_fake') or pair examples ('image0').
+    path: the PNG to write.
+
+  Returns:
+    The path written: a grid of faces (twice their size when there are 16 or fewer), landmarks as coloured dots (left
+    eye red, right eye green, nose blue, mouth corners yellow and magenta), each captioned with its face score (F marks
+    a fake).
+  """
+  faces = [example['image'] if 'image' in example else example['image0'] for example in examples]
+  side = faces[0].shape[0] if faces else 112
+  scale = 2 if len(faces) <= 16 else 1
+  cell = side * scale
+  columns = max(1, int(np.ceil(np.sqrt(len(faces)))))
+  rows = max(1, int(np.ceil(len(faces) / columns)))
+  sheet = Image.new('RGB', (columns * cell, rows * cell), (40, 40, 40))
+  draw = ImageDraw.Draw(sheet)
+  for index, (example, face) in enumerate(zip(examples, faces)):
+    left, top = (index % columns) * cell, (index // columns) * cell
+    sheet.paste(Image.fromarray(face).resize((cell, cell), Image.Resampling.NEAREST), (left, top))
+    if 'landmarks' in example:
+      for (x, y), colour in zip(example['landmarks'], _LANDMARK_COLOURS):
+        cx, cy = left + (x + 0.5) * scale, top + (y + 0.5) * scale
+        draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=colour)
+      caption = f'{float(example["face_score"]):.2f}' + (' F' if example['is_fake'] == 1 else '')
+      draw.text((left + 2, top + 1), caption, fill=(255, 255, 0))
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  sheet.save(path)
+  return path

@@ -16,7 +16,6 @@ Flow of one run, top to bottom in `train_and_evaluate`:
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -45,68 +44,6 @@ log = logging.getLogger('jaxface.train')
 
 class TrainingDiverged(RuntimeError):
   """Too many non-finite losses in a row."""
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Data.
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def cache_root() -> pathlib.Path:
-  return pathlib.Path(os.environ.get('JAXFACE_CACHE', pathlib.Path.home() / '.cache' / 'jaxface'))
-
-
-def prepare_synthetic(config: ml_collections.ConfigDict) -> str:
-  """Generates and aligns (with 'none') the synthetic dataset the config describes, once; returns its TFDS dir."""
-  from jaxface.data import builder as builder_lib  # pylint: disable=g-import-not-at-top
-  from jaxface.data import synthetic  # pylint: disable=g-import-not-at-top
-
-  settings = config.data.synthetic.to_dict()
-  settings.update(val_fraction=config.data.val_fraction, val_pairs_per_person=config.data.val_pairs_per_person)
-  key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-  root = cache_root() / f'synthetic-{key}'
-  raw_dir, tfds_dir = root / 'raw', root / 'tfds'
-  done = root / 'READY'
-  if not done.exists():
-    log.info('Generating synthetic challenge data into %s (first use; later runs reuse it)', root)
-    synthetic.generate(raw_dir, overwrite=True, **config.data.synthetic.to_dict())
-    options = builder_lib.BuildOptions(aligner='none', val_fraction=config.data.val_fraction,
-                                       pairs_per_person=config.data.val_pairs_per_person, progress=False)
-    builder_lib.prepare(raw_dir, tfds_dir, options, overwrite=True)
-    done.write_text(json.dumps(settings))
-  else:
-    log.info('Using cached synthetic data in %s', root)
-  return str(tfds_dir)
-
-
-def load_builder(config: ml_collections.ConfigDict):
-  """The TFDS builder of the run's data (generating the synthetic set when the config asks for it)."""
-  from jaxface.data import builder as builder_lib  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  if config.data.source == 'synthetic':
-    tfds_dir = prepare_synthetic(config)
-  elif config.data.source == 'tfds':
-    tfds_dir = config.data.tfds_dir
-    if not tfds_dir:
-      raise ConfigError('config.data.tfds_dir is empty: pass --config.data.tfds_dir=DIR (the --out of '
-                        'scripts/preprocess.py)')
-  else:
-    raise ConfigError(f'config.data.source={config.data.source!r}: expected synthetic or tfds')
-  prepared = pathlib.Path(tfds_dir, builder_lib.JaxfaceFaces.name).is_dir()
-  builder = tfds.builder(builder_lib.JaxfaceFaces.name, data_dir=tfds_dir) if prepared else None
-  if builder is None or not builder.is_prepared():
-    raise ConfigError(f'{tfds_dir}: no prepared jaxface_faces dataset here (run scripts/preprocess.py --data-dir '
-                      f'CHALLENGE_DIR --out {tfds_dir} first)')
-  config.data.tfds_dir = tfds_dir
-  # Evaluation and verification align raw photos the way this dataset was aligned: take it from the dataset, not from
-  # the config's default (a 'none'-aligned model fed MTCNN crops, or the reverse, scores far worse).
-  aligned = builder_lib.aligner_settings(builder)
-  if aligned.get('name') and aligned['name'] != config.data.aligner:
-    log.info('The dataset was aligned with %r: evaluation will align raw photos the same way', aligned['name'])
-    config.data.aligner = aligned['name']
-    config.data.aligner_path = aligned.get('path') or ''
-  return builder
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -378,7 +315,6 @@ class _MetricWriter:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
   """Trains (or resumes) a run in `workdir`; returns the final validation metrics."""
-  from jaxface.data import builder as builder_lib  # pylint: disable=g-import-not-at-top
   from jaxface.data import pipeline  # pylint: disable=g-import-not-at-top
 
   workdir = pathlib.Path(workdir)
@@ -386,14 +322,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   maybe_initialize_distributed(config)
 
   # ---------------------------------------------------------------------------------------------------- data
-  builder = load_builder(config)
-  num_classes = builder_lib.num_classes(builder)
+  dataset = pipeline.open_prepared(config)  # generates the synthetic set on first use; adopts the dataset's aligner
+  num_classes = dataset.num_classes
   num_devices = jax.local_device_count()
   global_batch = config.batch_size
   if global_batch % (num_devices * jax.process_count()):
     raise ConfigError(f'config.batch_size={global_batch} does not divide over {num_devices * jax.process_count()} '
                       'devices')
-  train_examples = builder.info.splits['train'].num_examples
+  train_examples = dataset.num_train_examples
   steps_per_epoch = max(train_examples // global_batch, 1)
   total_steps = config.num_steps or int(config.num_epochs * steps_per_epoch)
   eval_every = config.eval_every or steps_per_epoch
@@ -423,12 +359,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       functools.partial(train_step, model=model, head=head, tx=tx, config=config, lr_fn=lr_fn),
       axis_name='batch', donate_argnums=(0,))
   rstate = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (num_devices,) + np.shape(x)), state)
-  batches = pipeline.train_dataset(builder, config, num_devices=num_devices, start_step=start, seed=config.seed)
+  batches = pipeline.train_dataset(dataset, config, num_devices=num_devices, start_step=start, seed=config.seed)
   writer = _MetricWriter(workdir)
   val_metrics: dict = dict(best_meta.get('val', {}))
 
   def validate(step: int, variables: dict) -> dict:
-    pairs = pipeline.pairs_dataset(builder, 'val', config, config.eval_batch_size)
+    pairs = pipeline.pairs_dataset(dataset, 'val', config, config.eval_batch_size)
     result = validate_pairs(model, variables, pairs, input_size=config.model.input_size,
                             batch_size=2 * config.eval_batch_size)
     writer.write(step, {f'val_{k}': v for k, v in result.items()})

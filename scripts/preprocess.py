@@ -1,5 +1,9 @@
 """Aligns the challenge photos and writes the `jaxface_faces` TFDS dataset (train faces, val pairs, test pairs).
 
+The dataset has two configs, OUT/jaxface_faces/faces/VERSION (train) and OUT/jaxface_faces/pairs/VERSION (val, test);
+plain TFDS reads them (`tfds.load('jaxface_faces/faces', data_dir=OUT)`), training with --config.data.tfds_dir=OUT.
+A dataset of the older one-config layout in OUT is rewritten with --overwrite, from the align cache.
+
     python scripts/preprocess.py --data-dir /data/kryptonite --out /data/tfds --aligner dfa --preview 64
 
 Resumable: aligned faces are cached under <out>/_align_cache; after an interruption the same command goes on where it
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import sys
 from collections.abc import Sequence
 
@@ -28,7 +33,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--data-dir', required=True, help='challenge folder with train/, test_public/, labels.csv')
-  parser.add_argument('--out', required=True, help='TFDS data_dir to write (tfds.builder(..., data_dir=OUT))')
+  parser.add_argument('--out', required=True,
+                      help="TFDS data_dir to write (read back with tfds.load('jaxface_faces/faces', data_dir=OUT))")
   parser.add_argument('--aligner', default='mtcnn', choices=('dfa', 'mtcnn', 'retinaface', 'none'),
                       help='default mtcnn: configs/realfaces_mbf.py trained on its output scored the lowest test EER '
                            '(realfaces-train, 2026-12-03: fused 0.060 against 0.072 for retinaface, which is 7x '
@@ -53,6 +59,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
+def write_preview(out: str, count: int) -> pathlib.Path:
+  """OUT/preview.png: the first `count` train faces with their landmarks (the first pair faces if there is no train)."""
+  from jaxface import plots  # pylint: disable=import-outside-toplevel
+  from jaxface.data import prepared  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  dataset = prepared.open_dir(out)
+  split = next(name for name in ('train', 'val', 'test') if dataset.splits.get(name))
+  examples = list(tfds.as_numpy(dataset.as_dataset(split, shuffle_files=False).take(count)))
+  return plots.write_preview(examples, pathlib.Path(out) / 'preview.png')
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
   from jaxface.data import builder, challenge  # pylint: disable=import-outside-toplevel  (TF loads here)
@@ -63,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       progress=not args.no_progress)
   try:
     report = builder.prepare(args.data_dir, args.out, options, overwrite=args.overwrite)
-    preview = builder.write_preview(args.out, args.preview) if args.preview > 0 else None
+    preview = write_preview(args.out, args.preview) if args.preview > 0 else None
   except (builder.PreprocessError, challenge.DataFormatError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 2

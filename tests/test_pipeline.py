@@ -1,7 +1,7 @@
 """The tf.data pipeline on tiny data: device-shaped batches, fake share, resumption, host slicing, pairs.
 
-Data come from a tiny in-test TFDS builder with the jaxface_faces feature layout (56x56 faces) or from an in-memory
-tf.data.Dataset of the same feature dicts; the real builder is not needed.
+Data come from a tiny in-test TFDS builder with jaxface_faces' two configs (faces, pairs; 56x56 faces), read through a
+PreparedDataset, or from an in-memory tf.data.Dataset of the same feature dicts; the real builder is not needed.
 """
 from __future__ import annotations
 
@@ -44,39 +44,40 @@ def _pair_records(count: int):
 
 
 class PipelineTestFaces(tfds.core.GeneratorBasedBuilder):
-  """jaxface_faces' feature layout at 56x56, 40 train images and 5 val pairs."""
+  """jaxface_faces' two configs at 56x56: faces (40 train images) and pairs (5 val pairs)."""
   VERSION = tfds.core.Version('1.0.0')
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name='faces'), tfds.core.BuilderConfig(name='pairs')]
 
   def _info(self):
     face = lambda: tfds.features.Image(shape=(SIZE, SIZE, 3), encoding_format='jpeg')
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': face(), 'label': np.int64, 'person_id': tfds.features.Text(), 'is_fake': np.int64,
-        'landmarks': tfds.features.Tensor(shape=(5, 2), dtype=np.float32), 'face_score': np.float32,
-        'source': tfds.features.Text(),
-        'pair_id': tfds.features.Text(), 'image0': face(), 'image1': face(), 'kind': tfds.features.Text(),
-        'is_fake0': np.int64, 'is_fake1': np.int64, 'source0': tfds.features.Text(), 'source1': tfds.features.Text(),
-    }))
+    if self.builder_config.name == 'faces':
+      features = {'image': face(), 'label': np.int64, 'person_id': tfds.features.Text(), 'is_fake': np.int64,
+                  'landmarks': tfds.features.Tensor(shape=(5, 2), dtype=np.float32), 'face_score': np.float32,
+                  'source': tfds.features.Text()}
+    else:
+      features = {'pair_id': tfds.features.Text(), 'image0': face(), 'image1': face(), 'label': np.int64,
+                  'kind': tfds.features.Text(), 'is_fake0': np.int64, 'is_fake1': np.int64,
+                  'source0': tfds.features.Text(), 'source1': tfds.features.Text()}
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
 
   def _split_generators(self, dl_manager):
-    return {'train': self._generate_examples('train'), 'val': self._generate_examples('val')}
+    if self.builder_config.name == 'faces':
+      return {'train': self._generate_examples(_train_records())}
+    return {'val': self._generate_examples(_pair_records(5))}
 
-  def _generate_examples(self, split):
-    blank = np.zeros((SIZE, SIZE, 3), np.uint8)
-    train_defaults = {'image': blank, 'label': -1, 'person_id': '', 'is_fake': -1,
-                      'landmarks': np.zeros((5, 2), np.float32), 'face_score': 0.0, 'source': ''}
-    pair_defaults = {'pair_id': '', 'image0': blank, 'image1': blank, 'kind': '', 'is_fake0': -1, 'is_fake1': -1,
-                     'source0': '', 'source1': '', 'label': -1}
-    records = _train_records() if split == 'train' else _pair_records(5)
-    for key, record in records:
-      yield key, {**train_defaults, **pair_defaults, **record}
+  def _generate_examples(self, records):
+    yield from records
 
 
 @pytest.fixture(scope='module')
-def builder(tmp_path_factory):
-  # One builder with both layouts in one FeaturesDict keeps the test fast; the real builder has per-split features.
-  b = PipelineTestFaces(data_dir=str(tmp_path_factory.mktemp('tfds')))
-  b.download_and_prepare()
-  return b
+def dataset(tmp_path_factory):
+  """A PreparedDataset over the two configs, as pipeline.open_prepared gives one."""
+  out = tmp_path_factory.mktemp('tfds')
+  builders = {}
+  for config in ('faces', 'pairs'):
+    builders[config] = PipelineTestFaces(config=config, data_dir=str(out))
+    builders[config].download_and_prepare()
+  return pipeline.PreparedDataset(tfds_dir=out, builders=builders, metadata={'num_classes': NUM_PEOPLE})
 
 
 def _memory_dataset() -> tf.data.Dataset:
@@ -105,9 +106,9 @@ def _take(it, n):
   return [next(it) for _ in range(n)]
 
 
-def test_batch_shapes_fake_share_and_id_mask(builder):
+def test_batch_shapes_fake_share_and_id_mask(dataset):
   cfg = _config(batch_size=16, fake_share=0.5, pseudo_share=0.25, image_size=32)
-  batches = _take(pipeline.train_dataset(builder, cfg, num_devices=2, process_index=0, process_count=1), 6)
+  batches = _take(pipeline.train_dataset(dataset, cfg, num_devices=2, process_index=0, process_count=1), 6)
   batch = batches[0]
   assert set(batch) == {'image', 'label', 'is_fake', 'id_mask'}
   assert batch['image'].shape == (2, 8, 32, 32, 3) and batch['image'].dtype == np.float32
@@ -135,10 +136,10 @@ def test_natural_share_without_pseudo_fakes():
   assert abs(share - NUM_FAKES / 40) < 0.1, share  # natural share: 8 of 40
 
 
-def test_resume_from_step_gives_the_same_batches(builder):
+def test_resume_from_step_gives_the_same_batches(dataset):
   cfg = _config(batch_size=8)
-  fresh = _take(pipeline.train_dataset(builder, cfg, num_devices=2, process_index=0, process_count=1), 8)
-  resumed = _take(pipeline.train_dataset(builder, cfg, num_devices=2, start_step=5, process_index=0,
+  fresh = _take(pipeline.train_dataset(dataset, cfg, num_devices=2, process_index=0, process_count=1), 8)
+  resumed = _take(pipeline.train_dataset(dataset, cfg, num_devices=2, start_step=5, process_index=0,
                                          process_count=1), 3)
   for a, b in zip(fresh[5:], resumed):
     for key in a:
@@ -147,14 +148,14 @@ def test_resume_from_step_gives_the_same_batches(builder):
   assert not np.array_equal(fresh[0]['label'], fresh[5]['label'])
 
 
-def test_hosts_get_disjoint_examples(builder):
+def test_hosts_get_disjoint_examples(dataset):
   # No pseudo-fakes and no augmentation randomness that could hide identity: compare the labels+image sums.
   cfg = _config(batch_size=20, fake_share=None, pseudo_share=0.0)
   for name in ('flip', 'crop_scale', 'color', 'blur', 'downscale', 'jpeg'):
     cfg.data.augment[name] = 0.0
   seen = []
   for host in range(2):
-    batch = next(pipeline.train_dataset(builder, cfg, num_devices=1, process_index=host, process_count=2))
+    batch = next(pipeline.train_dataset(dataset, cfg, num_devices=1, process_index=host, process_count=2))
     # 20 examples per host slice, batch of 10 per host: one epoch of the slice, each example once.
     keys = {(int(l), round(float(im.sum()), 1)) for l, im in zip(batch['label'][0], batch['image'][0])}
     assert len(keys) == 10
@@ -162,9 +163,9 @@ def test_hosts_get_disjoint_examples(builder):
   assert not seen[0] & seen[1]
 
 
-def test_pairs_dataset(builder):
+def test_pairs_dataset(dataset):
   cfg = _config(image_size=SIZE)
-  batches = list(pipeline.pairs_dataset(builder, 'val', cfg, batch_size=2))
+  batches = list(pipeline.pairs_dataset(dataset, 'val', cfg, batch_size=2))
   assert [len(b['pair_id']) for b in batches] == [2, 2, 1]  # the last partial batch is kept
   # TFDS stores examples in key-hash order; each pair keeps its own fields.
   got = {p: (k, l, f) for b in batches for p, k, l, f in zip(b['pair_id'], b['kind'], b['label'], b['is_fake1'])}
@@ -173,7 +174,7 @@ def test_pairs_dataset(builder):
   assert first['image0'].shape == (2, SIZE, SIZE, 3) and first['image0'].dtype == np.float32
   assert first['label'].dtype == np.int32 and first['is_fake0'].tolist() == [0, 0]
   # No augmentation: the model input is the stored (JPEG-decoded) face scaled to [-1, 1].
-  stored = next(iter(builder.as_dataset(split='val', shuffle_files=False)))['image0'].numpy()
+  stored = next(iter(dataset.as_dataset('val', shuffle_files=False)))['image0'].numpy()
   np.testing.assert_allclose(first['image0'][0], stored / 127.5 - 1.0, atol=1e-6)
 
 
@@ -193,3 +194,32 @@ def test_default_config_fields():
   for field in ('flip', 'crop_scale', 'color', 'blur', 'jpeg'):
     assert 0.0 <= c.augment[field] <= 1.0
   assert c.pseudo_fakes.share <= c.fake_share
+
+
+def test_open_prepared_reads_a_prepared_folder_and_adopts_its_aligner(tmp_path):
+  from jaxface.config import ConfigError
+  from jaxface.data import builder, synthetic
+  synthetic.generate(tmp_path / 'data', people=4, photos_per_person=3, test_pairs=4, size=48)
+  builder.prepare(tmp_path / 'data', tmp_path / 'tfds', builder.BuildOptions(aligner='none', val_fraction=0.0,
+                                                                              progress=False))
+  cfg = _config(batch_size=4, image_size=SIZE)
+  cfg.data.source, cfg.data.tfds_dir = 'tfds', str(tmp_path / 'tfds')
+  cfg.data.aligner, cfg.data.aligner_path = 'mtcnn', 'weights.pt'
+  dataset = pipeline.open_prepared(cfg)
+  assert (dataset.num_classes, dataset.num_train_examples, dataset.splits) == (4, 12, {'train': 12, 'test': 4})
+  assert dataset.aligner['name'] == 'none' and dataset.aligner['max_photo_side'] == 2048
+  assert (cfg.data.aligner, cfg.data.aligner_path) == ('none', '')  # evaluation aligns as the dataset was aligned
+  batch = next(pipeline.train_dataset(dataset, cfg, num_devices=1, process_index=0, process_count=1))
+  assert batch['image'].shape == (1, 4, SIZE, SIZE, 3)
+  by_path = list(pipeline.pairs_dataset(str(tmp_path / 'tfds'), 'test', cfg, batch_size=3))
+  by_config = list(pipeline.pairs_dataset(None, 'test', cfg, batch_size=3))
+  assert [len(b['pair_id']) for b in by_path] == [len(b['pair_id']) for b in by_config] == [3, 1]
+  with pytest.raises(ConfigError, match='the val split is empty'):
+    next(pipeline.pairs_dataset(dataset, 'val', cfg, batch_size=3))
+  for source, tfds_dir, match in (('tfds', '', 'config.data.tfds_dir is empty'),
+                                  ('elsewhere', 'x', "config.data.source='elsewhere': expected synthetic or tfds"),
+                                  ('tfds', str(tmp_path / 'none'), 'no prepared jaxface_faces dataset here')):
+    cfg.data.source, cfg.data.tfds_dir = source, tfds_dir
+    with pytest.raises(ConfigError, match=match) as info:
+      pipeline.open_prepared(cfg)
+    assert '\n' not in str(info.value)

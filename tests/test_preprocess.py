@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxface.data import builder, synthetic
+from jaxface.align import stage
+from jaxface.data import builder, prepared, synthetic
 
 import tensorflow as tf  # noqa: E402  (after jaxface.data.builder hid the GPUs)
 
@@ -36,7 +37,7 @@ def _script():
 
 def _records(out: pathlib.Path, split: str) -> list[dict]:
   """Every example of a split as stored, in file order: {feature name: tf.train.Feature}."""
-  files = sorted(builder.dataset_dir(out).glob(f'{builder.NAME}-{split}.tfrecord-*'))
+  files = sorted(prepared.dataset_dir(out, prepared.SPLIT_CONFIG[split]).glob(f'{builder.NAME}-{split}.tfrecord-*'))
   assert files, f'no {split} shards in {out}'
   return [dict(tf.train.Example.FromString(raw).features.feature)
           for raw in tf.data.TFRecordDataset([str(f) for f in files]).as_numpy_iterator()]
@@ -109,7 +110,7 @@ def test_kill_9_then_rerun_aligns_only_the_rest_and_writes_the_same_dataset(tmp_
           '--no-progress']
   interrupted, clean = tmp_path / 'interrupted', tmp_path / 'clean'
 
-  env = dict(os.environ, **{builder.SLEEP_ENV: '0.25'})
+  env = dict(os.environ, **{stage.SLEEP_ENV: '0.25'})
   with open(tmp_path / 'log.txt', 'wb') as log:
     process = subprocess.Popen([sys.executable, str(SCRIPT), *args, '--out', str(interrupted)], cwd=REPO, env=env,
                                stdout=log, stderr=subprocess.STDOUT)
@@ -122,13 +123,13 @@ def test_kill_9_then_rerun_aligns_only_the_rest_and_writes_the_same_dataset(tmp_
   before = _cache_entries(interrupted)
   assert 6 <= len(before) < total
 
-  monkeypatch.delenv(builder.SLEEP_ENV, raising=False)
+  monkeypatch.delenv(stage.SLEEP_ENV, raising=False)
   assert _script().main(args + ['--out', str(interrupted)]) == 0
   report = json.loads((interrupted / builder.REPORT_NAME).read_text())
   assert (report['from_cache'], report['aligned_now']) == (len(before), total - len(before))
   after = _cache_entries(interrupted)
   assert len(after) == total and all(after[path] == stamp for path, stamp in before.items())  # not rewritten
-  assert not list((interrupted / builder.NAME).glob('incomplete.*'))
+  assert not list((interrupted / builder.NAME).glob('**/incomplete.*'))
 
   assert _script().main(args + ['--out', str(clean), '--preview', '4']) == 0
   assert json.loads((clean / builder.REPORT_NAME).read_text())['aligned_now'] == total

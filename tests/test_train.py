@@ -237,17 +237,12 @@ def test_training_learns_identity_and_fakes(tmp_path, cache):
 
 def test_run_records_the_aligner_its_dataset_was_aligned_with(tmp_path, monkeypatch):
   """A model trained on MTCNN-aligned TFRecords must be evaluated on MTCNN-aligned photos, whatever the config said."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from jaxface.data import pipeline, prepared  # pylint: disable=import-outside-toplevel
 
-  class Prepared:
-    info = type('Info', (), {'metadata': {'aligner': {'name': 'mtcnn', 'path': None}, 'num_classes': 3}})()
-
-    def is_prepared(self):
-      return True
-
-  (tmp_path / 'jaxface_faces').mkdir()
-  monkeypatch.setattr(tfds, 'builder', lambda name, data_dir: Prepared())
+  dataset = prepared.PreparedDataset(tfds_dir=tmp_path, builders={},
+                                     metadata={'aligner': {'name': 'mtcnn', 'path': None}, 'num_classes': 3})
+  monkeypatch.setattr(prepared, 'open_dir', lambda tfds_dir: dataset)
   config = config_lib.load_config(DEFAULT, ['--config.data.source=tfds', f'--config.data.tfds_dir={tmp_path}'])
   assert config.data.aligner == 'none'
-  train.load_builder(config)
+  assert pipeline.open_prepared(config) is dataset  # what train_and_evaluate reads its data through
   assert config.data.aligner == 'mtcnn' and config.data.aligner_path == ''

@@ -1,5 +1,12 @@
 """The tf.data input pipeline: TFDS splits -> augmented, fake-mixed, device-shaped batches.
 
+Reading a prepared dataset, for training and evaluation alike:
+
+    dataset = pipeline.open_prepared(config)     # or open_prepared(TFDS_DIR); see jaxface.data.prepared
+    dataset.num_classes, dataset.num_train_examples, dataset.aligner, dataset.splits
+    batches = pipeline.train_dataset(dataset, config, num_devices=n, start_step=step, seed=seed)
+    pairs = pipeline.pairs_dataset(dataset, 'val', config, batch_size)   # or 'test'
+
 Training data flow (`train_dataset`), per host:
 
   split slice of this host (jax.process_index / process_count)
@@ -40,6 +47,7 @@ TensorFlow is kept off the GPU on import: JAX owns the accelerators.
 from __future__ import annotations
 
 import math
+import os
 from typing import Iterator
 
 import ml_collections
@@ -48,13 +56,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 
-def hide_gpus_from_tf() -> None:
-  """Keeps TensorFlow off the GPUs so JAX gets all their memory. Harmless when TF has already started."""
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except (RuntimeError, ValueError):  # devices already initialised: nothing left to do
-    pass
-
+from jaxface.data.prepared import PreparedDataset, hide_gpus_from_tf, open_prepared  # noqa: E402,F401  (re-exported)
 
 hide_gpus_from_tf()
 
@@ -70,13 +72,16 @@ def _data_cfg(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return cfg.data if 'data' in cfg else cfg
 
 
-def load_builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The jaxface_faces builder under `config.data.tfds_dir`."""
-  import jaxface.data.builder  # noqa: F401  (registers jaxface_faces)
-  tfds_dir = _data_cfg(cfg).tfds_dir
-  if not tfds_dir:
-    raise ValueError('config.data.tfds_dir is empty: set it to the folder scripts/preprocess.py wrote')
-  return tfds.builder('jaxface_faces', data_dir=tfds_dir)
+def _source(source, cfg: ml_collections.ConfigDict):
+  """What a reader was given, opened: None -> the dataset in cfg's data.tfds_dir; a folder -> the dataset in it."""
+  if source is None:
+    tfds_dir = _data_cfg(cfg).tfds_dir
+    if not tfds_dir:
+      raise ValueError('config.data.tfds_dir is empty: set it to the folder scripts/preprocess.py wrote')
+    return open_prepared(tfds_dir)
+  if isinstance(source, (str, os.PathLike)):
+    return open_prepared(source)
+  return source
 
 
 def _options() -> tf.data.Options:
@@ -89,9 +94,12 @@ def _options() -> tf.data.Options:
 
 def _read(source, split: str, *, shuffle_seed: int | None, process_index: int, process_count: int,
           skip_decoding: tuple[str, ...] = ()) -> tf.data.Dataset:
-  """This host's slice of a split, from a TFDS builder or from a tf.data.Dataset of feature dicts (tests)."""
+  """This host's slice of a split, from a prepared dataset, a TFDS builder holding the split, or a tf.data.Dataset of
+  feature dicts (tests)."""
   if isinstance(source, tf.data.Dataset):
     return source.shard(process_count, process_index) if process_count > 1 else source
+  if isinstance(source, PreparedDataset):
+    source = source.builder(split)
   split_spec = tfds.even_splits(split, n=process_count)[process_index] if process_count > 1 else split
   read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False, options=_options())
   decoders = {name: tfds.decode.SkipDecoding() for name in skip_decoding} or None
@@ -99,8 +107,10 @@ def _read(source, split: str, *, shuffle_seed: int | None, process_index: int, p
                            decoders=decoders)
 
 
-def _record_size(source) -> int:
+def _record_size(source, split: str) -> int:
   """Side of the stored faces (112 for jaxface_faces)."""
+  if isinstance(source, PreparedDataset):
+    source = source.builder(split)
   if isinstance(source, tf.data.Dataset):
     spec = source.element_spec
     image_spec = spec['image'] if 'image' in spec else spec['image0']
@@ -150,12 +160,13 @@ def train_dataset_tf(source, cfg: ml_collections.ConfigDict, *, num_devices: int
                      ) -> tf.data.Dataset:
   """The training stream as a tf.data.Dataset of device-shaped batches; see `train_dataset`."""
   data = _data_cfg(cfg)
+  source = _source(source, cfg)
   seed = data.seed if seed is None else seed
   index, count = _host_info(process_index, process_count)
   if cfg.batch_size % (count * num_devices):
     raise ValueError(f'config.batch_size={cfg.batch_size} must divide into {count} hosts x {num_devices} devices')
   host_batch = cfg.batch_size // count
-  size = _record_size(source)
+  size = _record_size(source, 'train')
   image_key = ('image',)
 
   def read(stream: int, keep) -> tf.data.Dataset:
@@ -231,8 +242,9 @@ def train_dataset(source, cfg: ml_collections.ConfigDict, *, num_devices: int, s
   """Endless, deterministic, resumable training batches for this host.
 
   Args:
-    source: a jaxface_faces builder (None: `load_builder(cfg)`), or a tf.data.Dataset of train feature dicts with
-      'image' (JPEG bytes or (S0, S0, 3) uint8), 'label' and 'is_fake' (tests, other sources).
+    source: a `PreparedDataset` (`open_prepared`), its folder, None (the folder `cfg.data.tfds_dir`), a TFDS builder
+      holding a train split, or a tf.data.Dataset of train feature dicts with 'image' (JPEG bytes or (S0, S0, 3)
+      uint8), 'label' and 'is_fake' (tests, other sources).
     cfg: the training config: `cfg.batch_size` (global) and `cfg.data` (see default_data_config).
     num_devices: local devices; batches get a leading axis of this size for pmap.
     start_step: first step to yield; the batches equal those of a fresh run from that step on.
@@ -242,7 +254,6 @@ def train_dataset(source, cfg: ml_collections.ConfigDict, *, num_devices: int, s
     {'image': (D, B/D, S, S, 3) float32 in [-1, 1], 'label': (D, B/D) int32, 'is_fake': (D, B/D) int32,
      'id_mask': (D, B/D) float32}, B = batch_size / process_count, S = cfg.data.image_size.
   """
-  source = load_builder(cfg) if source is None else source
   ds = train_dataset_tf(source, cfg, num_devices=num_devices, start_step=start_step, seed=seed,
                         process_index=process_index, process_count=process_count)
   return iter(tfds.as_numpy(ds))
@@ -326,7 +337,8 @@ def pairs_dataset(source, split: str, cfg: ml_collections.ConfigDict, batch_size
   """Val or test pairs in stored order, no augmentation; the last partial batch is included.
 
   Args:
-    source: a jaxface_faces builder (None: `load_builder(cfg)`) or a tf.data.Dataset of pair feature dicts.
+    source: a `PreparedDataset` (`open_prepared`), its folder, None (the folder `cfg.data.tfds_dir`), a TFDS builder
+      holding the split, or a tf.data.Dataset of pair feature dicts.
     split: 'val' or 'test'.
     cfg: training config (or its `data` section); uses image_size.
     batch_size: pairs per batch.
@@ -335,9 +347,9 @@ def pairs_dataset(source, split: str, cfg: ml_collections.ConfigDict, batch_size
     {'image0', 'image1': (B, S, S, 3) float32 in [-1, 1], 'label': (B,) int32, 'kind': (B,) str,
      'is_fake0', 'is_fake1': (B,) int32, 'pair_id': (B,) str}.
   """
-  source = load_builder(cfg) if source is None else source
+  source = _source(source, cfg)
   size = int(_data_cfg(cfg).image_size)
-  record_size = _record_size(source)
+  record_size = _record_size(source, split)
   ds = _read(source, split, shuffle_seed=None, process_index=process_index, process_count=process_count)
 
   def prepare(f):
