@@ -39,6 +39,7 @@ def eer_threshold(rows: dict[str, dict], column: str = 'similarity') -> float:
 def contact_sheet(data_dir: pathlib.Path, pair_ids: list[str], notes: list[str], out: pathlib.Path,
                   side: int = 112) -> None:
   from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+  from jaxface.data import challenge  # pylint: disable=import-outside-toplevel
   columns = 3
   rows = (len(pair_ids) + columns - 1) // columns
   sheet = Image.new('RGB', (columns * 2 * side, rows * (side + 14)), 'white')
@@ -46,7 +47,7 @@ def contact_sheet(data_dir: pathlib.Path, pair_ids: list[str], notes: list[str],
   for i, (pair_id, note) in enumerate(zip(pair_ids, notes)):
     x, y = (i % columns) * 2 * side, (i // columns) * (side + 14)
     for j in range(2):
-      photo = Image.open(data_dir / 'test_public' / pair_id / f'{j}.jpg').convert('RGB').resize((side, side))
+      photo = Image.fromarray(challenge.load_rgb(data_dir / 'test_public' / pair_id / f'{j}.jpg')).resize((side, side))
       sheet.paste(photo, (x + j * side, y))
     draw.text((x + 2, y + side), f'{pair_id} {note}', fill='black')
   sheet.save(out)

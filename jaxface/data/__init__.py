@@ -1,1 +1,2 @@
-"""Challenge data: reading, checking, generating, TFDS building and the tf.data pipeline."""
+"""Challenge data: reading and checking (challenge, check), generating (synthetic, render), the split plan (plan),
+TFDS building (builder), the prepared dataset (prepared) and the tf.data pipeline (pipeline)."""
