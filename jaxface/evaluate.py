@@ -234,9 +234,15 @@ def evaluate(checkpoint, out_dir, *, data_dir=None, tfds_dir=None, split: str = 
 
   if (data_dir is None) == (tfds_dir is None):
     raise ValueError('give exactly one of data_dir and tfds_dir')
-  config, variables, scoring_params = checkpoints.load_inference(checkpoint)
-  verifier = FaceVerifier.from_inference(config, variables, scoring_params, aligner=aligner, aligner_path=aligner_path,
-                                         batch_size=2 * batch_pairs, flip_tta=flip_tta)
+  if pathlib.Path(checkpoint).suffix == '.onnx':  # an exported model (python -m jaxface.export), run by onnxruntime
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    verifier = FaceVerifier.load(checkpoint, aligner=aligner, aligner_path=aligner_path, batch_size=2 * batch_pairs,
+                                 flip_tta=flip_tta)
+    config = ml_collections.ConfigDict()
+  else:
+    config, variables, scoring_params = checkpoints.load_inference(checkpoint)
+    verifier = FaceVerifier.from_inference(config, variables, scoring_params, aligner=aligner,
+                                           aligner_path=aligner_path, batch_size=2 * batch_pairs, flip_tta=flip_tta)
   start = time.perf_counter()
   if data_dir is not None:
     labels_path = labels_path or challenge.default_labels_path(data_dir)
@@ -279,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   """The CLI; returns the exit code (0 done, 2 bad input)."""
   args = _parse_args(argv)
   from jaxface.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
+  from jaxface.config import ConfigError  # pylint: disable=import-outside-toplevel
   from jaxface.data.challenge import DataFormatError  # pylint: disable=import-outside-toplevel
 
   if args.data_dir is not None and not (pathlib.Path(args.data_dir) / 'test_public').is_dir():
@@ -294,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       labels_path=args.labels, aligner=args.aligner, aligner_path=args.aligner_path,
                       batch_pairs=args.batch_pairs, flip_tta=args.flip_tta, progress=not args.no_progress,
                       limit=args.limit)
-  except (VerifyError, DataFormatError, CheckpointError) as error:
+  except (VerifyError, DataFormatError, CheckpointError, ConfigError) as error:  # ConfigError: an old dataset layout
     print(f'error: {error}', file=sys.stderr)
     return 2
   print(format_table(result))

@@ -105,10 +105,15 @@ class FaceVerifier:
     """Loads a training workdir (its best checkpoint) or one checkpoint folder.
 
     `aligner` defaults to the one the model's training data was aligned with (config.data.aligner).
+    A `.onnx` file (python -m jaxface.export) runs its network in onnxruntime (`jaxface.serving`).
 
     Raises:
       jaxface.checkpoints.CheckpointError: missing or unusable checkpoint (one line).
     """
+    if pathlib.Path(checkpoint).suffix == '.onnx':
+      from jaxface import serving  # pylint: disable=import-outside-toplevel
+      return serving.load_verifier(cls, checkpoint, aligner=aligner, aligner_path=aligner_path, batch_size=batch_size,
+                                   flip_tta=flip_tta)
     from jaxface import checkpoints  # pylint: disable=import-outside-toplevel  (orbax is slow to import)
 
     config, variables, scoring_params = checkpoints.load_inference(checkpoint)

@@ -191,6 +191,17 @@ def test_evaluate_scores_with_the_onnx_verifier(exported, synthetic_data_dir):
   np.testing.assert_allclose(ours.fused(STRENGTH), theirs.fused(STRENGTH), atol=1e-4)
 
 
+def test_evaluate_cli_path_takes_an_onnx_file(exported, synthetic_data_dir, tmp_path):
+  """`python -m jaxface.evaluate --checkpoint model.onnx` (evaluate.evaluate) scores as the checkpoint does."""
+  from jaxface import evaluate  # pylint: disable=import-outside-toplevel
+  _, workdir, onnx_path, _ = exported
+  ours = evaluate.evaluate(onnx_path, tmp_path / 'onnx', data_dir=synthetic_data_dir, aligner='none', progress=False)
+  theirs = evaluate.evaluate(workdir, tmp_path / 'jax', data_dir=synthetic_data_dir, aligner='none', progress=False)
+  assert ours['pairs'] == theirs['pairs'] > 0 and ours['fuse_strength'] == theirs['fuse_strength']
+  assert abs(ours['fused']['eer'] - theirs['fused']['eer']) <= 1e-6
+  assert (tmp_path / 'onnx' / 'submission.csv').read_text().count('\n') == ours['pairs'] + 1
+
+
 def test_flip_tta_is_baked_into_the_graph(tmp_path):
   pytest.importorskip('jax2onnx', reason='ONNX export needs the export extra: pip install -e ".[export]"')
   workdir = _workdir(tmp_path / 'run', TINY['ir'])

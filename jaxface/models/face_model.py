@@ -131,7 +131,10 @@ def normalize_input(images: jax.Array, input_norm: str) -> jax.Array:
 
 def high_pass(images: jax.Array) -> jax.Array:
   """(B, H, W, C) -> the same minus its 3x3 box mean (edge-replicated), per channel."""
-  padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='edge')
+  # The edge rows and columns concatenated by hand: `jnp.pad(mode='edge')` also emits zero-width copies for the unpadded
+  # axes, which ONNX export (jax2onnx, onnxruntime) rejects. Same values.
+  padded = jnp.concatenate([images[:, :1], images, images[:, -1:]], axis=1)
+  padded = jnp.concatenate([padded[:, :, :1], padded, padded[:, :, -1:]], axis=2)
   h, w = images.shape[1:3]
   local = sum(padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9.0
   return images - local

@@ -22,6 +22,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxface.ops import routes
+
 
 def _sum_cpu(x: jax.Array) -> jax.Array:
   c = x.shape[-1]
@@ -35,7 +37,7 @@ def _sum_default(x: jax.Array) -> jax.Array:
 
 def channel_sum(x: jax.Array) -> jax.Array:
   """(..., C) -> (C,) float32: the sum over every axis but the last."""
-  return jax.lax.platform_dependent(x, cpu=_sum_cpu, default=_sum_default)
+  return routes.platform_dependent(x, cpu=_sum_cpu, default=_sum_default)
 
 
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
