@@ -15,6 +15,7 @@ Flow of one run, top to bottom in `train_and_evaluate`:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -22,7 +23,7 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,7 @@ from jaxface import checkpoints
 from jaxface import inference
 from jaxface import convert
 from jaxface import losses
+from jaxface import optim
 from jaxface import metrics as metrics_lib
 from jaxface import xla_cpu
 from jaxface.config import ConfigError, DEFAULT_CONFIG, load_config
@@ -47,77 +49,8 @@ class TrainingDiverged(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# State and optimiser.
+# State.
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def _leaf_name(path) -> str:
-  last = path[-1]
-  return str(getattr(last, 'key', getattr(last, 'name', last)))
-
-
-def decay_mask(params: Any) -> Any:
-  """True for the weights that take weight decay: conv and dense kernels and the class weights, not BatchNorm scale or
-  bias, biases or PReLU slopes (decaying those pulls activations towards linear and BN towards zero)."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: _leaf_name(path) in ('kernel', 'weight'), params)
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int) -> Callable:
-  """Warm-up then cosine decay or steps at `config.optim.decay_epochs`, in optimiser steps."""
-  o = config.optim
-  warmup = int(o.warmup_epochs * steps_per_epoch)
-  if o.schedule == 'cosine':
-    return optax.warmup_cosine_decay_schedule(
-        0.0, o.learning_rate, max(warmup, 1), max(total_steps, warmup + 1), end_value=o.learning_rate * o.final_lr_ratio)
-  if o.schedule == 'step':
-    boundaries = {int(e * steps_per_epoch): o.step_factor for e in o.decay_epochs}
-    decay = optax.piecewise_constant_schedule(o.learning_rate, boundaries)
-    ramp = optax.linear_schedule(0.0, o.learning_rate, max(warmup, 1))
-    return optax.join_schedules([ramp, decay], [warmup])
-  if o.schedule == 'constant':
-    return optax.join_schedules([optax.linear_schedule(0.0, o.learning_rate, max(warmup, 1)),
-                                 optax.constant_schedule(o.learning_rate)], [warmup])
-  raise ConfigError(f'config.optim.schedule={o.schedule!r}: expected cosine, step or constant')
-
-
-def make_optimizer(config: ml_collections.ConfigDict, lr_fn: Callable) -> optax.GradientTransformation:
-  """SGD-momentum or AdamW with decoupled, masked weight decay and gradient clipping.
-
-  With `config.optim.backbone_lr_mult` < 1 the pretrained backbone moves slower than the freshly initialised heads.
-  With `config.optim.fake_head_lr` > 0 the fake head trains with its own AdamW (peak rate fake_head_lr, the same
-  warm-up and decay) and its own clipping.
-  """
-  o = config.optim
-
-  def one(scale: float) -> optax.GradientTransformation:
-    lr = lambda step: lr_fn(step) * scale
-    if o.name == 'sgd':
-      return optax.chain(optax.add_decayed_weights(o.weight_decay, decay_mask),
-                         optax.sgd(lr, momentum=o.momentum, nesterov=o.nesterov))
-    if o.name == 'adamw':
-      return optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
-    raise ConfigError(f'config.optim.name={o.name!r}: expected sgd or adamw')
-
-  def by_module(module: str, inside: str, outside: str) -> Callable:
-    """Labels params['model'][module]'s leaves `inside`, every other leaf `outside` (for optax.multi_transform)."""
-    def label(path, _):
-      return inside if [str(getattr(k, 'key', k)) for k in path[:2]] == ['model', module] else outside
-    return lambda params: jax.tree_util.tree_map_with_path(label, params)
-
-  def clipped(t: optax.GradientTransformation) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(o.grad_clip), t) if o.grad_clip else t
-
-  tx = clipped(optax.multi_transform({'backbone': one(o.backbone_lr_mult), 'rest': one(1.0)},
-                                     by_module('backbone', 'backbone', 'rest')))
-  if not o.fake_head_lr:
-    return tx
-  # The fake head gets an AdamW of its own, on the same schedule, clipped on its own. Its BCE gradients are orders of
-  # magnitude smaller than AdaFace's (s = 64): sharing SGD and one global-norm clip, the head barely moved and stayed
-  # at chance on the synthetic fakes. Adam's step does not depend on the gradient's scale.
-  ratio = o.fake_head_lr / o.learning_rate
-  fake = clipped(optax.adamw(lambda step: lr_fn(step) * ratio, b1=o.b1, b2=o.b2,
-                             weight_decay=o.fake_head_weight_decay, mask=decay_mask))
-  return optax.multi_transform({'fake_head': fake, 'shared': tx}, by_module('fake_head', 'fake_head', 'shared'))
 
 
 def init_variables(model, head, config: ml_collections.ConfigDict, rng: jax.Array) -> tuple[dict, dict]:
@@ -313,6 +246,100 @@ class _MetricWriter:
       self._tb.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """How long a run is, in steps of the global batch."""
+  steps_per_epoch: int
+  total_steps: int
+  eval_every: int
+  num_devices: int
+
+
+def _plan(config: ml_collections.ConfigDict, dataset) -> _Plan:
+  num_devices = jax.local_device_count()
+  global_batch = config.batch_size
+  if global_batch % (num_devices * jax.process_count()):
+    raise ConfigError(f'config.batch_size={global_batch} does not divide over {num_devices * jax.process_count()} '
+                      'devices')
+  steps_per_epoch = max(dataset.num_train_examples // global_batch, 1)
+  plan = _Plan(steps_per_epoch=steps_per_epoch,
+               total_steps=config.num_steps or int(config.num_epochs * steps_per_epoch),
+               eval_every=config.eval_every or steps_per_epoch, num_devices=num_devices)
+  log.info('%d training photos of %d people; %d steps of %d (%d per epoch) on %d device(s)',
+           dataset.num_train_examples, dataset.num_classes, plan.total_steps, global_batch, steps_per_epoch,
+           num_devices)
+  return plan
+
+
+def _initial_state(config: ml_collections.ConfigDict, workdir: pathlib.Path, state: dict,
+                   manager) -> dict:
+  """The state to start from: the latest checkpoint of the workdir, else `state` with the pretrained backbone grafted
+  in (config.init_from); a fresh run also writes its config beside the checkpoints."""
+  if manager.latest_step() is not None:
+    state, _, start = checkpoints.restore(manager, checkpoints.abstract(state))
+    log.info('Resuming from %s at step %d', manager.directory, start)
+    return state
+  if config.init_from:
+    state = graft_pretrained(state, config)
+    log.info('Backbone initialised from %s', config.init_from)
+  checkpoints.save_config(workdir, config)
+  return state
+
+
+class _Validator:
+  """Validates on the val pairs, logs the result and keeps the best model by fused EER in `WORKDIR/best` with its
+  calibrated scoring (fuse strength, threshold)."""
+
+  def __init__(self, model, dataset, config: ml_collections.ConfigDict, workdir: pathlib.Path, writer):
+    self.model, self.dataset, self.config, self.writer = model, dataset, config, writer
+    self.best = checkpoints.best_manager(workdir)
+    self.best_meta = checkpoints.read_meta(self.best)
+    self.last: dict = dict(self.best_meta.get('val', {}))
+
+  @property
+  def scoring(self) -> dict:
+    return self.best_meta.get('scoring', {})
+
+  def __call__(self, step: int, variables: dict) -> dict:
+    from jaxface.data import pipeline  # pylint: disable=g-import-not-at-top
+    config = self.config
+    pairs = pipeline.pairs_dataset(self.dataset, 'val', config, config.eval_batch_size)
+    result = validate_pairs(self.model, variables, pairs, input_size=config.model.input_size,
+                            batch_size=2 * config.eval_batch_size)
+    self.writer.write(step, {f'val_{k}': v for k, v in result.items()})
+    log.info('step %d: validation EER identity-only %.4f, fused %.4f (strength %.2f) on %d pairs; on the pairs with '
+             'fakes %.4f vs %.4f; fake-in-pair AUC %.3f', step, result['eer_identity'], result['eer_fused'],
+             result['fuse_strength'], result['pairs'], result['eer_identity_fake_pairs'],
+             result['eer_fused_fake_pairs'], result['fake_pair_auc'])
+    if result['eer_fused'] <= self.best_meta.get('val', {}).get('eer_fused', np.inf):
+      self.best_meta = {'step': step, 'val': result,
+                        'scoring': {'fuse_strength': result['fuse_strength'], 'threshold': result['threshold']}}
+      checkpoints.save(self.best, step, variables, self.best_meta, force=True)
+    self.last = result
+    return result
+
+  def close(self) -> None:
+    self.best.close()
+
+
+def _log_summaries(summaries: list, step: int, rstate: dict, config: ml_collections.ConfigDict, manager,
+                   seconds: float) -> dict:
+  """Host means of the steps' summaries since the last log, with images/s; raises TrainingDiverged on a long run of
+  non-finite losses."""
+  host = jax.tree.map(lambda x: np.asarray(x[0]), jax.device_get(summaries))
+  scalars = {k: float(np.mean([s[k] for s in host])) for k in host[0]}
+  skipped = int(sum(s['nonfinite'] for s in host))
+  if skipped:
+    log.warning('steps %d-%d: %d non-finite loss(es); those updates were skipped', step - len(host) + 1, step, skipped)
+  streak = int(np.asarray(rstate['nonfinite_streak'])[0])
+  if streak >= config.max_nonfinite_steps:
+    raise TrainingDiverged(
+        f'training diverged: {streak} non-finite losses in a row at step {step}; the last good checkpoint in '
+        f'{manager.directory} is intact (lower config.optim.learning_rate or check the data)')
+  scalars['images_per_second'] = len(host) * config.batch_size / max(seconds, 1e-9)
+  return scalars
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
   """Trains (or resumes) a run in `workdir`; returns the final validation metrics."""
   from jaxface.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -320,99 +347,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   maybe_initialize_distributed(config)
-
-  # ---------------------------------------------------------------------------------------------------- data
   dataset = pipeline.open_prepared(config)  # generates the synthetic set on first use; adopts the dataset's aligner
-  num_classes = dataset.num_classes
-  num_devices = jax.local_device_count()
-  global_batch = config.batch_size
-  if global_batch % (num_devices * jax.process_count()):
-    raise ConfigError(f'config.batch_size={global_batch} does not divide over {num_devices * jax.process_count()} '
-                      'devices')
-  train_examples = dataset.num_train_examples
-  steps_per_epoch = max(train_examples // global_batch, 1)
-  total_steps = config.num_steps or int(config.num_epochs * steps_per_epoch)
-  eval_every = config.eval_every or steps_per_epoch
-  log.info('%d training photos of %d people; %d steps of %d (%d per epoch) on %d device(s)',
-           train_examples, num_classes, total_steps, global_batch, steps_per_epoch, num_devices)
+  plan = _plan(config, dataset)
 
-  # --------------------------------------------------------------------------------------------------- state
   model = build_model(config.model)
-  head = AdaFaceHead(num_classes=num_classes)
-  lr_fn = learning_rate_schedule(config, steps_per_epoch, total_steps)
-  tx = make_optimizer(config, lr_fn)
-  state = create_train_state(model, head, tx, config, jax.random.PRNGKey(config.seed))
+  head = AdaFaceHead(num_classes=dataset.num_classes)
+  lr_fn = optim.learning_rate_schedule(config, plan.steps_per_epoch, plan.total_steps)
+  tx = optim.make_optimizer(config, lr_fn)
   manager = checkpoints.train_manager(workdir, save_every=config.checkpoint_every, keep=config.keep_checkpoints)
-  best = checkpoints.best_manager(workdir)
-  best_meta = checkpoints.read_meta(best)
-  if manager.latest_step() is not None:
-    state, _, start = checkpoints.restore(manager, checkpoints.abstract(state))
-    log.info('Resuming from %s at step %d', manager.directory, start)
-  else:
-    if config.init_from:
-      state = graft_pretrained(state, config)
-      log.info('Backbone initialised from %s', config.init_from)
-    checkpoints.save_config(workdir, config)
-  start = int(state['step'])
-
-  p_train_step = jax.pmap(
-      functools.partial(train_step, model=model, head=head, tx=tx, config=config, lr_fn=lr_fn),
-      axis_name='batch', donate_argnums=(0,))
-  rstate = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (num_devices,) + np.shape(x)), state)
-  batches = pipeline.train_dataset(dataset, config, num_devices=num_devices, start_step=start, seed=config.seed)
+  state = _initial_state(config, workdir, create_train_state(model, head, tx, config, jax.random.PRNGKey(config.seed)),
+                         manager)
+  step = int(state['step'])
+  p_train_step = jax.pmap(functools.partial(train_step, model=model, head=head, tx=tx, config=config, lr_fn=lr_fn),
+                          axis_name='batch', donate_argnums=(0,))
+  rstate = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (plan.num_devices,) + np.shape(x)), state)
+  batches = pipeline.train_dataset(dataset, config, num_devices=plan.num_devices, start_step=step, seed=config.seed)
   writer = _MetricWriter(workdir)
-  val_metrics: dict = dict(best_meta.get('val', {}))
-
-  def validate(step: int, variables: dict) -> dict:
-    pairs = pipeline.pairs_dataset(dataset, 'val', config, config.eval_batch_size)
-    result = validate_pairs(model, variables, pairs, input_size=config.model.input_size,
-                            batch_size=2 * config.eval_batch_size)
-    writer.write(step, {f'val_{k}': v for k, v in result.items()})
-    log.info('step %d: validation EER identity-only %.4f, fused %.4f (strength %.2f) on %d pairs; on the pairs with '
-             'fakes %.4f vs %.4f; fake-in-pair AUC %.3f', step, result['eer_identity'], result['eer_fused'],
-             result['fuse_strength'], result['pairs'], result['eer_identity_fake_pairs'],
-             result['eer_fused_fake_pairs'], result['fake_pair_auc'])
-    if result['eer_fused'] <= best_meta.get('val', {}).get('eer_fused', np.inf):
-      best_meta.clear()
-      best_meta.update({'step': step, 'val': result,
-                        'scoring': {'fuse_strength': result['fuse_strength'], 'threshold': result['threshold']}})
-      checkpoints.save(best, step, variables, best_meta, force=True)
-    return result
-
-  # ---------------------------------------------------------------------------------------------------- loop
-  progress = _progress(total_steps, start, config)
-  summaries, t0, seen = [], time.time(), 0
-  step = start
+  validate = _Validator(model, dataset, config, workdir, writer)
+  progress = _progress(plan.total_steps, step, config)
+  summaries, t0 = [], time.time()
   try:
     with checkpoints.Preemption() as preemption:
-      while step < total_steps:
-        batch = next(batches)
-        rstate, summary = p_train_step(rstate, batch)
+      while step < plan.total_steps:
+        rstate, summary = p_train_step(rstate, next(batches))
         summaries.append(summary)
         step += 1
-        seen += global_batch
-        if step % config.log_every == 0 or step == total_steps:
-          host = jax.tree.map(lambda x: np.asarray(x[0]), jax.device_get(summaries))
-          scalars = {k: float(np.mean([s[k] for s in host])) for k in host[0]}
-          skipped = int(sum(s['nonfinite'] for s in host))
-          if skipped:
-            log.warning('steps %d-%d: %d non-finite loss(es); those updates were skipped', step - len(host) + 1,
-                        step, skipped)
-          streak = int(np.asarray(rstate['nonfinite_streak'])[0])
-          if streak >= config.max_nonfinite_steps:
-            raise TrainingDiverged(
-                f'training diverged: {streak} non-finite losses in a row at step {step}; the last good checkpoint in '
-                f'{manager.directory} is intact (lower config.optim.learning_rate or check the data)')
-          rate = seen / max(time.time() - t0, 1e-9)
-          scalars['images_per_second'] = rate
+        last = step == plan.total_steps
+        if step % config.log_every == 0 or last:
+          scalars = _log_summaries(summaries, step, rstate, config, manager, time.time() - t0)
           writer.write(step, scalars)
-          progress.set_postfix(loss=f'{scalars["loss"]:.3f}', img_s=f'{rate:.1f}')
-          progress.update(len(host))
-          summaries, t0, seen = [], time.time(), 0
-        if step % eval_every == 0 or step == total_steps:
-          val_metrics = validate(step, checkpoints.inference_variables(_unreplicate(rstate)))
-        meta = {'step': step, 'scoring': best_meta.get('scoring', {})}
-        saved = checkpoints.save(manager, step, _unreplicate(rstate), meta, force=step == total_steps)
+          progress.set_postfix(loss=f'{scalars["loss"]:.3f}', img_s=f'{scalars["images_per_second"]:.1f}')
+          progress.update(len(summaries))
+          summaries, t0 = [], time.time()
+        if step % plan.eval_every == 0 or last:
+          validate(step, checkpoints.inference_variables(_unreplicate(rstate)))
+        meta = {'step': step, 'scoring': validate.scoring}
+        saved = checkpoints.save(manager, step, _unreplicate(rstate), meta, force=last)
         if preemption.requested:
           if not saved:  # a SIGTERM on a step just saved (the last one, say) must not save it twice: Orbax refuses
             checkpoints.save(manager, step, _unreplicate(rstate), meta, force=True)
@@ -420,15 +390,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           log.warning('SIGTERM: saved the checkpoint at step %d in %s; rerun the same command to resume', step,
                       manager.directory)
           raise SystemExit(143)
+    if not validate.last:  # a resumed run that had nothing left to train
+      validate(step, checkpoints.inference_variables(_unreplicate(rstate)))
   finally:
     progress.close()
     manager.wait_until_finished()
     manager.close()
-    best.close()
+    validate.close()
     writer.close()
-  if not val_metrics:
-    val_metrics = validate(step, checkpoints.inference_variables(_unreplicate(rstate)))
-  return {'step': step, **val_metrics}
+  return {'step': step, **validate.last}
 
 
 def _progress(total: int, start: int, config: ml_collections.ConfigDict):

@@ -79,14 +79,14 @@ def random_batch(batch: int, size: int = 112, seed: int = 0) -> dict[str, Any]:
 def jax_train_step(config, batch_np: dict[str, Any], device) -> Callable[[], Any]:
   """Returns run() doing one jitted train step of the trainer's own step function (state donated and carried)."""
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxface import train  # pylint: disable=import-outside-toplevel
+  from jaxface import optim, train  # pylint: disable=import-outside-toplevel
   from jaxface.models.face_model import build_model  # pylint: disable=import-outside-toplevel
   from jaxface.models.heads import AdaFaceHead  # pylint: disable=import-outside-toplevel
 
   model, head = build_model(config.model), AdaFaceHead(NUM_CLASSES)
   lr_fn = lambda step: config.optim.learning_rate
   with jax.default_device(device):
-    tx = train.make_optimizer(config, lr_fn)
+    tx = optim.make_optimizer(config, lr_fn)
     state = train.create_train_state(model, head, tx, config, jax.random.key(0))
     step = jax.jit(functools.partial(train.train_step, model=model, head=head, tx=tx, config=config, lr_fn=lr_fn,
                                      axis_name=None), donate_argnums=0)
@@ -182,47 +182,102 @@ def stage_train(args) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def stage_infer(args) -> dict[str, Any]:
+INFER_RUNTIMES = ('jax', 'torch_eager', 'onnxruntime')
+
+
+def export_bench_onnx(arch: str, path: str) -> None:
+  """Exports stage_infer's random model (bench_config, model.init with key 0) as jaxface.export's ONNX file.
+
+  stage_infer runs this in a child process, so that the conversion's memory is not in the onnxruntime row's peak.
+  """
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
+  from jaxface import export  # pylint: disable=import-outside-toplevel
+  from jaxface.models.face_model import build_model  # pylint: disable=import-outside-toplevel
+
+  config = bench_config(arch, 1)
+  model = build_model(config.model)
+  variables = model.init({'params': jax.random.key(0)}, np.zeros((1, 112, 112, 3), np.float32), train=False)
+  fn = export.serving_function(model, 112)
+  size = jax.eval_shape(fn, variables, jax.ShapeDtypeStruct((1, 112, 112, 3), np.uint8))[0].shape[-1]
+  info = export.metadata(config, {'fuse_strength': 0.0, 'threshold': 0.0}, embedding_size=size, flip_tta=False,
+                         source='bench')
+  export.to_onnx(fn, variables, info, path)
+
+
+def stage_infer(args) -> dict[str, Any]:
+  """Images/s of the forward pass (embedding and fake probability) per runtime in --infer-runtimes, alternating.
+
+  jax: the jitted model on float32 faces; torch_eager: the PyTorch twin; onnxruntime: jaxface.export's ONNX file of the
+  same model and weights on uint8 faces (normalisation inside), all threads. Run one runtime per call for its own peak
+  memory (peak_rss_mb of the stage).
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
   from jaxface.models.face_model import build_model  # pylint: disable=import-outside-toplevel
 
   arch = ARCHS[args.arch]
+  runtimes = [r for r in args.infer_runtimes.split(',') if r]
+  unknown = sorted(set(runtimes) - set(INFER_RUNTIMES))
+  if unknown:
+    raise SystemExit(f'--infer-runtimes: unknown {", ".join(unknown)} (use {", ".join(INFER_RUNTIMES)})')
   config = bench_config(arch, 1)
-  model = build_model(config.model)
   device = jax_device(args.device)
-  with jax.default_device(device):
-    variables = model.init({'params': jax.random.key(0)}, np.zeros((1, 112, 112, 3), np.float32), train=False)
+  if 'jax' in runtimes:
+    model = build_model(config.model)
+    with jax.default_device(device):
+      variables = model.init({'params': jax.random.key(0)}, np.zeros((1, 112, 112, 3), np.float32), train=False)
 
-  @jax.jit
-  def embed(variables, images):
-    out = model.apply(variables, images, train=False)
-    return out['embedding'], jax.nn.sigmoid(out['fake_logit'])
+    @jax.jit
+    def embed(variables, images):
+      out = model.apply(variables, images, train=False)
+      return out['embedding'], jax.nn.sigmoid(out['fake_logit'])
 
-  from jaxface.torch_reference import torch_face_model  # pylint: disable=import-outside-toplevel
-  tmodel = torch_face_model(arch, NUM_CLASSES).eval().to(torch_device(args.device))
-  result = {'arch': arch}
+  if 'torch_eager' in runtimes:
+    import torch  # pylint: disable=import-outside-toplevel
+    from jaxface.torch_reference import torch_face_model  # pylint: disable=import-outside-toplevel
+    tmodel = torch_face_model(arch, NUM_CLASSES).eval().to(torch_device(args.device))
+  if 'onnxruntime' in runtimes:
+    import tempfile  # pylint: disable=import-outside-toplevel
+    import onnxruntime  # pylint: disable=import-outside-toplevel
+    onnx_path = pathlib.Path(tempfile.mkdtemp(prefix='jaxface-bench-')) / f'{arch}.onnx'
+    code = (f'import sys; sys.path[:0] = [{str(REPO)!r}, {str(REPO / "scripts")!r}]; import bench; '
+            f'bench.export_bench_onnx({arch!r}, {str(onnx_path)!r})')
+    start = time.perf_counter()
+    subprocess.run([sys.executable, '-c', code], check=True)
+    print(f'infer {arch}: exported to ONNX in {time.perf_counter() - start:.0f} s (child process)', flush=True)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
+  result = {'arch': arch, 'runtimes': runtimes}
   for batch in [int(b) for b in args.infer_batches.split(',')]:
     images = random_batch(batch)['image']
-    images_jax = jax.device_put(images, device)
-    images_torch = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(torch_device(args.device))
+    runners = {}
+    if 'jax' in runtimes:
+      images_jax = jax.device_put(images, device)
+      runners['jax'] = lambda: jax.block_until_ready(embed(variables, images_jax))
+    if 'torch_eager' in runtimes:
+      images_torch = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(torch_device(args.device))
 
-    def run_torch():
-      with torch.inference_mode():
-        embedding, _, fake_logit = tmodel(images_torch)
-        torch.sigmoid(fake_logit).cpu()
-        embedding.cpu()
+      def run_torch():
+        with torch.inference_mode():
+          embedding, _, fake_logit = tmodel(images_torch)
+          torch.sigmoid(fake_logit).cpu()
+          embedding.cpu()
 
-    runners = {'jax': lambda: jax.block_until_ready(embed(variables, images_jax)), 'torch_eager': run_torch}
+      runners['torch_eager'] = run_torch
+    if 'onnxruntime' in runtimes:
+      faces = np.round((images + 1.0) * 127.5).astype(np.uint8)
+      runners['onnxruntime'] = lambda: session.run(None, {'faces': faces})
     for run in runners.values():
       run()
     times = alternate(runners, args.repeats)
     row = {name: {'images_per_s': round(batch / t, 2), 'batch_s': round(t, 4)} for name, t in times.items()}
-    row['ratio_jax_over_torch'] = round(times['torch_eager'] / times['jax'], 3)
+    if 'jax' in times and 'torch_eager' in times:
+      row['ratio_jax_over_torch'] = round(times['torch_eager'] / times['jax'], 3)
+    if 'jax' in times and 'onnxruntime' in times:
+      row['ratio_onnxruntime_over_jax'] = round(times['jax'] / times['onnxruntime'], 3)
     result[f'batch_{batch}'] = row
-    print(f"infer {arch} batch {batch}: jax {row['jax']['images_per_s']:.2f} images/s, torch "
-          f"{row['torch_eager']['images_per_s']:.2f} images/s, ratio {row['ratio_jax_over_torch']:.2f}", flush=True)
+    print(f'infer {arch} batch {batch}: ' + ', '.join(f"{name} {row[name]['images_per_s']:.2f} images/s"
+                                                       for name in times), flush=True)
   return result
 
 
@@ -291,16 +346,15 @@ def _dfa_network_only(args, count: int) -> dict[str, Any]:
 
 
 def stage_pipeline(args) -> dict[str, Any]:
-  from jaxface import train  # pylint: disable=import-outside-toplevel
   from jaxface.data import pipeline  # pylint: disable=import-outside-toplevel
 
   config = bench_config(ARCHS[args.arch], args.batch)
   if args.tfds_dir:
     config.data.source, config.data.tfds_dir = 'tfds', args.tfds_dir
   start = time.perf_counter()
-  builder = train.load_builder(config)
+  dataset = pipeline.open_prepared(config)
   prepare_s = time.perf_counter() - start
-  batches = pipeline.train_dataset(builder, config, num_devices=1, seed=0)
+  batches = pipeline.train_dataset(dataset, config, num_devices=1, seed=0)
   next(batches)
   count = 0
   start = time.perf_counter()
@@ -370,6 +424,8 @@ def parse_args(argv=None):
   parser.add_argument('--json', help='write the results here')
   parser.add_argument('--torch-compile', action='store_true', help='train stage: also time torch.compile')
   parser.add_argument('--infer-batches', default='1,256')
+  parser.add_argument('--infer-runtimes', default=','.join(INFER_RUNTIMES),
+                      help='infer stage: comma-separated, of ' + ', '.join(INFER_RUNTIMES))
   parser.add_argument('--conv-shapes', default='', help='conv stage: indices into IR18_CONVS (default all)')
   parser.add_argument('--align-photos', type=int, default=16)
   parser.add_argument('--data-dir', default='/work/shared/data/realfaces-dev', help='photos for the align stage')

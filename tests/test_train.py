@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxface import config as config_lib
-from jaxface import train
+from jaxface import optim
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT = REPO / 'configs' / 'default.py'
@@ -83,7 +83,7 @@ def test_override_parsing():
 def test_weight_decay_skips_batchnorm_bias_and_prelu():
   params = {'model': {'backbone': {'conv': {'kernel': 1}, 'bn': {'scale': 1, 'bias': 1}, 'prelu': {'alpha': 1}},
                       'dense': {'kernel': 1, 'bias': 1}}, 'head': {'kernel': 1}}
-  mask = train.decay_mask(params)
+  mask = optim.decay_mask(params)
   assert mask == {'model': {'backbone': {'conv': {'kernel': True}, 'bn': {'scale': False, 'bias': False},
                                          'prelu': {'alpha': False}},
                             'dense': {'kernel': True, 'bias': False}}, 'head': {'kernel': True}}
@@ -92,19 +92,19 @@ def test_weight_decay_skips_batchnorm_bias_and_prelu():
 def test_fake_head_has_its_own_adam_whatever_the_gradient_scale():
   """With optim.fake_head_lr the fake head's step is Adam-sized even when its gradient is tiny and AdaFace's huge."""
   config = config_lib.load_config(str(DEFAULT), ['--config.optim.warmup_epochs=0', '--config.optim.schedule=constant'])
-  lr_fn = train.learning_rate_schedule(config, 10, 100)
+  lr_fn = optim.learning_rate_schedule(config, 10, 100)
   params = {'model': {'backbone': {'conv': {'kernel': np.ones(4, np.float32)}},
                       'fake_head': {'logit': {'kernel': np.ones(4, np.float32)}}},
             'head': {'kernel': np.ones(4, np.float32)}}
   grads = {'model': {'backbone': {'conv': {'kernel': np.full(4, 100.0, np.float32)}},
                      'fake_head': {'logit': {'kernel': np.full(4, 1e-6, np.float32)}}},
            'head': {'kernel': np.full(4, 100.0, np.float32)}}
-  tx = train.make_optimizer(config, lr_fn)
+  tx = optim.make_optimizer(config, lr_fn)
   updates, _ = tx.update(grads, tx.init(params), params)
   step = np.abs(np.asarray(updates['model']['fake_head']['logit']['kernel']))
   np.testing.assert_allclose(step, config.optim.fake_head_lr * (1 + config.optim.fake_head_weight_decay), rtol=0.05)
   config.optim.fake_head_lr = 0.0  # off: the fake head shares SGD and the global clipping, so it hardly moves
-  tx = train.make_optimizer(config, lr_fn)
+  tx = optim.make_optimizer(config, lr_fn)
   updates, _ = tx.update(grads, tx.init(params), params)
   assert np.abs(np.asarray(updates['model']['fake_head']['logit']['kernel'])).max() < 1e-3
 
@@ -113,13 +113,13 @@ _PMAP_SCRIPT = r'''
 import functools, json, sys
 import jax, jax.numpy as jnp, numpy as np
 from jaxface import config as config_lib
-from jaxface import train
+from jaxface import optim, train
 from jaxface.models.face_model import build_model
 from jaxface.models.heads import AdaFaceHead
 config = config_lib.load_config(sys.argv[1], ['--config.model.width=0.125', '--config.model.dropout=0.0'])
 model, head = build_model(config.model), AdaFaceHead(num_classes=10)
-lr_fn = train.learning_rate_schedule(config, 10, 100)
-tx = train.make_optimizer(config, lr_fn)
+lr_fn = optim.learning_rate_schedule(config, 10, 100)
+tx = optim.make_optimizer(config, lr_fn)
 state = train.create_train_state(model, head, tx, config, jax.random.PRNGKey(0))
 rng = np.random.default_rng(0)
 B, S = 16, config.model.input_size
