@@ -44,7 +44,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.aligner_path = ''
   config.data.val_fraction = 0.15  # people held out of train for the validation pairs
   config.data.val_pairs_per_person = 4  # validation pairs of each kind per held-out person
-  config.data.image_size = config.model.input_size
   config.data.synthetic = ml_collections.ConfigDict()
   config.data.synthetic.people = 240
   config.data.synthetic.photos_per_person = 10

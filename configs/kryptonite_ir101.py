@@ -23,7 +23,6 @@ def get_config():
   config.model.dropout = 0.4
   config.model.dtype = 'bfloat16'
   config.data.source = 'tfds'
-  config.data.image_size = 112
   config.data.aligner = 'dfa'
   config.data.shuffle_buffer = 16_384
   config.init_from = 'runs/ir101_init'

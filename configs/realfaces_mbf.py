@@ -38,7 +38,6 @@ def get_config():
   config.data.source = 'tfds'
   config.data.tfds_dir = 'runs/rt-mtcnn'
   config.data.aligner = 'mtcnn'
-  config.data.image_size = 112
   config.data.fake_share = 0.25
   config.data.pseudo_fakes.share = 0.125
   config.data.augment.jpeg = 0.3

@@ -160,7 +160,6 @@ def _load_converted_inference(path: pathlib.Path) -> tuple[ml_collections.Config
   config.model.input_norm = info.get('input_norm', 'unit')
   config.model.fake_head = 'none'
   config.model.space_to_depth = False
-  config.data.image_size = config.model.input_size
   converted = convert.load_converted(path)
   variables = {'params': {'backbone': converted['params']}, 'batch_stats': {'backbone': converted['batch_stats']}}
   return config, variables, {'fuse_strength': 0.0, 'threshold': 0.5}

@@ -104,7 +104,7 @@ def score_tfds(verifier: FaceVerifier, config, source, split: str = 'test', *, b
 
   Args:
     verifier: the model.
-    config: the run's config (its `data` section is used with tfds_dir and image_size replaced).
+    config: the run's config (its `data` section, with tfds_dir replaced, and the model's input size).
     source: the folder holding the jaxface_faces TFDS dataset, or (tests) a tf.data.Dataset of pair feature dicts.
     split: 'test' or 'val'.
   """
@@ -114,7 +114,6 @@ def score_tfds(verifier: FaceVerifier, config, source, split: str = 'test', *, b
   config = config.copy_and_resolve_references()
   if 'data' not in config:
     config.data = pipeline.default_data_config()
-  config.data.image_size = verifier.input_size
   if isinstance(source, (str, pathlib.Path)):
     config.data.tfds_dir = str(source)
     source = pipeline.open_prepared(source)  # ConfigError (one line) for a missing or old-layout dataset

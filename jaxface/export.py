@@ -36,11 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface import scoring
+from jaxface.data.challenge import FACE_SIZE
 
 FORMATS = ('onnx', 'savedmodel')
 INPUT_NAME = 'faces'
 OUTPUT_NAMES = ('embedding', 'fake_logit')
-FACE_SIZE = 112
 INPUT_FORMAT = ('faces: uint8 RGB (N, 112, 112, 3), N dynamic, aligned to the ArcFace 5-point template by the aligner '
                 'below; outputs: embedding (N, D) float32 unit norm, fake_logit (N,) float32 '
                 '(p_fake = sigmoid(fake_logit))')

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface import scoring
+from jaxface.data.challenge import FACE_SIZE
 
-ALIGNED_SIZE = 112
+ALIGNED_SIZE = FACE_SIZE  # the side of an aligned face crop
 
 
 def to_model_input(faces, size: int) -> jax.Array:

@@ -363,9 +363,9 @@ def stage_pipeline(args) -> dict[str, Any]:
     count += batch['image'].shape[0] * batch['image'].shape[1]
   seconds = time.perf_counter() - start
   images_per_s = count / seconds
-  result = {'images_per_s': round(images_per_s, 1), 'batch': args.batch, 'image_size': config.data.image_size,
+  result = {'images_per_s': round(images_per_s, 1), 'batch': args.batch, 'image_size': config.model.input_size,
             'dataset': config.data.tfds_dir, 'prepare_s': round(prepare_s, 1), 'measured_s': round(seconds, 1)}
-  print(f'pipeline: {images_per_s:.1f} images/s at {config.data.image_size}x{config.data.image_size} '
+  print(f'pipeline: {images_per_s:.1f} images/s at {config.model.input_size}x{config.model.input_size} '
         f'(batch {args.batch}; the IR-18 train step consumes what --stage train reports)')
   return result
 

@@ -77,7 +77,7 @@ def _config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       arch='small_cnn', width=0.25, input_size=56, embedding_dim=64, dropout=0.0, fake_head='features',
       dtype='float32', bn_axis_name='batch'))
-  config.data = ml_collections.ConfigDict(dict(aligner='none', aligner_path='', image_size=56, tfds_dir=''))
+  config.data = ml_collections.ConfigDict(dict(aligner='none', aligner_path='', tfds_dir=''))
   return config
 
 

@@ -92,7 +92,7 @@ def _config(batch_size=8, fake_share=0.5, pseudo_share=0.25, image_size=SIZE, sh
   import ml_collections
   cfg = ml_collections.ConfigDict({'batch_size': batch_size})
   cfg.data = pipeline.default_data_config()
-  cfg.data.image_size = image_size
+  cfg.model = ml_collections.ConfigDict({'input_size': image_size})
   cfg.data.fake_share = fake_share
   cfg.data.pseudo_fakes.share = pseudo_share
   cfg.data.shuffle_buffer = shuffle_buffer
@@ -189,8 +189,10 @@ def test_bad_config_is_rejected():
 
 def test_default_config_fields():
   c = pipeline.default_data_config()
-  for field in ('tfds_dir', 'image_size', 'fake_share', 'shuffle_buffer', 'seed'):
+  for field in ('tfds_dir', 'fake_share', 'shuffle_buffer'):
     assert field in c
+  for dead in ('image_size', 'seed'):  # one image size (config.model.input_size), one seed (config.seed)
+    assert dead not in c
   for field in ('flip', 'crop_scale', 'color', 'blur', 'jpeg'):
     assert 0.0 <= c.augment[field] <= 1.0
   assert c.pseudo_fakes.share <= c.fake_share

@@ -41,7 +41,7 @@ from jaxface.data import challenge, plan, prepared
 PathLike = str | os.PathLike
 
 NAME = prepared.NAME
-FACE_SIZE = 112
+FACE_SIZE = challenge.FACE_SIZE
 REPORT_NAME = 'preprocess_report.json'
 DEFAULT_CACHE_NAME = '_align_cache'
 
@@ -71,6 +71,8 @@ class BuildOptions:
   pairs_per_person: val pairs of each kind drawn per held-out person.
   workers: threads that read and decode photos while the aligner runs.
   progress: show a progress bar (images per second).
+  exclude: train photos to leave out, as meta.json keys ("<person_id>/<k>.jpg"), e.g. the exclude.txt of
+    `python -m jaxface.data.clean`; they are neither aligned nor written, in train or in val pairs.
   """
   aligner: str = 'none'
   aligner_path: str | None = None
@@ -87,6 +89,7 @@ class BuildOptions:
   pairs_per_person: int = 2
   workers: int = 2
   progress: bool = True
+  exclude: tuple[str, ...] = ()
 
   def check(self) -> None:
     """Raises PreprocessError on an option out of range."""
@@ -126,7 +129,8 @@ def align_challenge(data_dir: PathLike, options: BuildOptions, aligner, cache_ro
   Needs no TensorFlow (it is imported only by the write stage), so a long alignment runs without it in memory.
   """
   data_dir = pathlib.Path(data_dir)
-  images = challenge.list_train_images(data_dir)
+  excluded = set(options.exclude)
+  images = [image for image in challenge.list_train_images(data_dir) if image.rel_path not in excluded]
   _, val_people = plan.split_people(images, options.val_fraction, options.seed)
   labels_path = options.labels_path or (
       challenge.default_labels_path(data_dir) if challenge.default_labels_path(data_dir).exists() else None)

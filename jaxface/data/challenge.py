@@ -29,6 +29,9 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 PathLike = str | os.PathLike
 
+# Aligned faces are FACE_SIZE x FACE_SIZE crops (the ArcFace template, jaxface.align.template), everywhere.
+FACE_SIZE = 112
+
 # The vocabulary of pairs, defined here only. `same`: two real photos of one person (the only genuine kind);
 # `different`: real photos of two people; `own_fake`: a real photo and a fake of the same person; `other_fake`: a real
 # photo and a fake of someone else; `fake`: a pair holding a fake whose finer kind is unknown (realfaces-dev,

@@ -7,10 +7,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   """The data section of a training config (`config.data`); the global batch size is `config.batch_size`."""
   c = ml_collections.ConfigDict()
   c.tfds_dir = ''          # TFDS data_dir holding jaxface_faces (written by scripts/preprocess.py)
-  c.image_size = 112       # 112 or 56: faces are resized after augmentation
   c.fake_share = 0.25      # share of fakes per batch, recorded + pseudo; None = natural share of recorded fakes
   c.shuffle_buffer = 10_000  # encoded examples per stream (about 5 kB each)
-  c.seed = 0
   c.parallel_calls = -1    # tf.data.AUTOTUNE
   c.prefetch = 2           # batches
 

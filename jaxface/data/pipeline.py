@@ -15,7 +15,7 @@ Training data flow (`train_dataset`), per host:
     -> choose_from_datasets with a stateless per-position choice: `fake_share` of the examples are fakes, of which
        `pseudo_fakes.share` (a share of the whole batch) are made by `pseudofakes.pseudo_fake`
     -> enumerate, skip(start_step * host batch)         (resume: nothing before here decodes or augments)
-    -> decode, pseudo-fake, augment, resize to image_size, scale to [-1, 1], each seeded by (seed, host, position)
+    -> decode, pseudo-fake, augment, resize to the model input size, scale to [-1, 1], each seeded by (seed, host, position)
     -> batch, reshape to (devices, per_device, ...), prefetch.
 
 Determinism and resumption: every random choice is either a seeded shuffle or a stateless function of the example's
@@ -61,6 +61,7 @@ from jaxface.data.prepared import PreparedDataset, hide_gpus_from_tf, open_prepa
 hide_gpus_from_tf()
 
 from jaxface.data import pseudofakes  # noqa: E402  (after hiding the GPUs: it builds TF constants)
+from jaxface.data.challenge import FACE_SIZE  # noqa: E402
 from jaxface.data.data_config import default_data_config  # noqa: E402,F401  (re-exported)
 
 _REAL, _RECORDED_FAKE, _PSEUDO_FAKE = 0, 1, 2
@@ -70,6 +71,13 @@ _plain = tf.autograph.experimental.do_not_convert
 
 def _data_cfg(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return cfg.data if 'data' in cfg else cfg
+
+
+def _image_size(cfg: ml_collections.ConfigDict) -> int:
+  """The side faces are resized to: the model's input size (config.model.input_size, the one image-size field), or
+  the stored 112 when the config has no model section (evaluation: the network resizes)."""
+  model = cfg.get('model') if hasattr(cfg, 'get') else None
+  return int(model.input_size) if model and 'input_size' in model else FACE_SIZE
 
 
 def _source(source, cfg: ml_collections.ConfigDict):
@@ -156,12 +164,11 @@ def _is_empty(ds: tf.data.Dataset) -> bool:
 
 
 def train_dataset_tf(source, cfg: ml_collections.ConfigDict, *, num_devices: int, start_step: int = 0,
-                     seed: int | None = None, process_index: int | None = None, process_count: int | None = None
+                     seed: int = 0, process_index: int | None = None, process_count: int | None = None
                      ) -> tf.data.Dataset:
   """The training stream as a tf.data.Dataset of device-shaped batches; see `train_dataset`."""
   data = _data_cfg(cfg)
   source = _source(source, cfg)
-  seed = data.seed if seed is None else seed
   index, count = _host_info(process_index, process_count)
   if cfg.batch_size % (count * num_devices):
     raise ValueError(f'config.batch_size={cfg.batch_size} must divide into {count} hosts x {num_devices} devices')
@@ -212,7 +219,7 @@ def train_dataset_tf(source, cfg: ml_collections.ConfigDict, *, num_devices: int
   ds = ds.skip(start_step * host_batch)
   kind_weights = (float(data.pseudo_fakes.self_blend), float(data.pseudo_fakes.swap), float(data.pseudo_fakes.trace))
   aug = data.augment
-  out_size = int(data.image_size)
+  out_size = _image_size(cfg)
 
   def example(position, el):
     key = tf.random.experimental.stateless_fold_in(tf.constant([seed, index], tf.int64), position)
@@ -237,7 +244,7 @@ def train_dataset_tf(source, cfg: ml_collections.ConfigDict, *, num_devices: int
 
 
 def train_dataset(source, cfg: ml_collections.ConfigDict, *, num_devices: int, start_step: int = 0,
-                  seed: int | None = None, process_index: int | None = None, process_count: int | None = None
+                  seed: int = 0, process_index: int | None = None, process_count: int | None = None
                   ) -> Iterator[dict[str, np.ndarray]]:
   """Endless, deterministic, resumable training batches for this host.
 
@@ -248,11 +255,11 @@ def train_dataset(source, cfg: ml_collections.ConfigDict, *, num_devices: int, s
     cfg: the training config: `cfg.batch_size` (global) and `cfg.data` (see default_data_config).
     num_devices: local devices; batches get a leading axis of this size for pmap.
     start_step: first step to yield; the batches equal those of a fresh run from that step on.
-    seed: overrides cfg.data.seed.
+    seed: the run's seed (config.seed): picks the shuffles and every augmentation.
     process_index, process_count: this host's slice; default jax.process_index() / jax.process_count().
   Yields:
     {'image': (D, B/D, S, S, 3) float32 in [-1, 1], 'label': (D, B/D) int32, 'is_fake': (D, B/D) int32,
-     'id_mask': (D, B/D) float32}, B = batch_size / process_count, S = cfg.data.image_size.
+     'id_mask': (D, B/D) float32}, B = batch_size / process_count, S = cfg.model.input_size.
   """
   ds = train_dataset_tf(source, cfg, num_devices=num_devices, start_step=start_step, seed=seed,
                         process_index=process_index, process_count=process_count)
@@ -340,7 +347,7 @@ def pairs_dataset(source, split: str, cfg: ml_collections.ConfigDict, batch_size
     source: a `PreparedDataset` (`open_prepared`), its folder, None (the folder `cfg.data.tfds_dir`), a TFDS builder
       holding the split, or a tf.data.Dataset of pair feature dicts.
     split: 'val' or 'test'.
-    cfg: training config (or its `data` section); uses image_size.
+    cfg: training config (or its `data` section); faces are resized to cfg.model.input_size when it has one.
     batch_size: pairs per batch.
     process_index, process_count: a host slice of the pairs (default: all of them).
   Yields:
@@ -348,7 +355,7 @@ def pairs_dataset(source, split: str, cfg: ml_collections.ConfigDict, batch_size
      'is_fake0', 'is_fake1': (B,) int32, 'pair_id': (B,) str}.
   """
   source = _source(source, cfg)
-  size = int(_data_cfg(cfg).image_size)
+  size = _image_size(cfg)
   record_size = _record_size(source, split)
   ds = _read(source, split, shuffle_seed=None, process_index=process_index, process_count=process_count)
 
