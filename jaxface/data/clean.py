@@ -1,0 +1,817 @@
+"""Label cleaning: photos that do not belong, folders that mix people or hold the same person, near-duplicates.
+
+    python -m jaxface.data.clean DATA_DIR --checkpoint runs/mbf_ms1m_init --out REPORT_DIR \
+        [--cache-dir TFDS_DIR/_align_cache] [--aligner mtcnn]
+    python scripts/preprocess.py --data-dir DATA_DIR --out TFDS_DIR --exclude REPORT_DIR/exclude.txt
+
+Every photo of train/ is aligned (faces come from the align cache of `scripts/preprocess.py` when `--cache-dir`
+points at it; only photos missing there are aligned) and embedded in batches; then, on unit-norm embeddings only:
+
+- Per folder, a graph of its real photos: an edge joins two photos whose cosine is at least `edge`. The largest
+  connected component is the folder's identity (a tie goes to the component with the higher mean cosine to the other
+  photos). Each photo scores the cosine to the mean of that core (leaving itself out): below `outlier` it does not
+  belong. Photos that do not belong and form a component of at least `min_split` photos are a second person: the
+  folder is reported `mixed`, with the split proposed (`split` rows give each photo its proposed part); the rest are
+  `outlier`s. A folder whose photos share no edge at all (every component one photo, two photos or more) has no
+  identity to hold on to: `unresolved`, for a person to decide, and nothing of it is excluded.
+- Merge candidates: two folders whose photos show one person. Folder centroids go into an IVF index (k-means cells,
+  `IVFIndex`: exact below 2,048 folders), each folder's `neighbours` nearest are scored by the mean cosine of every
+  photo pair across the two cores (the dot product of the two mean embeddings); at least `merge` is a candidate.
+- Near-duplicates: two photos (any folders, fakes included) with cosine at least `duplicate`, found with the same
+  index over photos: `duplicate` inside a folder, `duplicate_across` between folders (one label is wrong, or the
+  folders are one person).
+- Fake photos (meta.json 1) are never flagged for being fakes and never define a folder's identity: an own fake
+  looks like its person, and a generated face of nobody is its own folder. They are embedded and drawn on the
+  contact sheets; they take part in the duplicate search only.
+- Photos the aligner found no face in are left out (preprocessing skips them too), listed as `faceless`.
+
+Outputs in REPORT_DIR: `report.csv` (kind, folder, photo, other, score, threshold, detail: one row per flagged photo
+or folder), `exclude.txt` (the outliers and the photos the proposed splits move out, which `scripts/preprocess.py
+--exclude` leaves out of train and val), `sheets/*.png` (contact sheets of the flagged folders and merge pairs, for
+review), `embeddings.npz` (keys and embeddings, reused by `--embeddings`) and `summary.json`.
+
+The thresholds were chosen with `scripts/label_noise.py measure` on realfaces-train with seeded injected noise and
+the pretrained MobileFaceNet (`CleanParams` says what each was measured to give). The cleaner itself needs neither
+TensorFlow nor PyTorch unless photos have to be aligned (then the aligner's torch loads).
+
+Exit status: 0, or 2 with one line for a user error (missing folder or checkpoint, unreadable embeddings file).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxface.data import challenge
+
+PathLike = str | os.PathLike
+
+REPORT_NAME = 'report.csv'
+EXCLUDE_NAME = 'exclude.txt'
+EMBEDDINGS_NAME = 'embeddings.npz'
+SUMMARY_NAME = 'summary.json'
+SHEETS_DIR = 'sheets'
+REPORT_FIELDS = ('kind', 'folder', 'photo', 'other', 'score', 'threshold', 'detail')
+
+
+class CleanError(ValueError):
+  """A user error of the cleaner; the message is one line naming the file and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanParams:
+  """Thresholds of the cleaner (cosines of unit-norm embeddings), chosen on measured injected noise.
+
+  Chosen with `python scripts/label_noise.py measure` on realfaces-train (pretrained MobileFaceNet
+  `runs/mbf_ms1m_init`, MTCNN faces, 2026-12-03): noise seed 0 over edge 0.25-0.35 x outlier 0.1-0.3 x merge
+  0.15-0.45, best min(precision, recall) with the clean copy's own flags counted apart and capped at 250 photos;
+  reported on seeds 1 and 2 (README, "Label cleaning"). At these defaults flagged photos score precision 0.75-0.77
+  (0.98-0.99 without the 249 photos the cleaner flags on the clean copy too), recall 0.92-0.94; in folders of 5 or
+  more photos recall 0.98-0.99. Merge candidates: precision 0.43-0.44 (0.69-0.71 without the clean copy's own),
+  recall 0.72-0.77; 1.0 / 1.0 where both folders hold 5 or more photos.
+
+  edge: two photos of one folder are joined in its graph when their cosine is at least this (0.3: on
+    realfaces-train 0.37% of 200k random different-person pairs and 91% of the 65k same-folder pairs reach it).
+  outlier: a photo whose cosine to its folder's core mean (itself left out) is below this does not belong.
+  merge: two folders are a merge candidate when their hubness-corrected mean cross cosine (`merge_scores`) is at
+    least this.
+  duplicate: two photos are near-duplicates when their cosine is at least this. Measured (`scripts/label_noise.py
+    duplicates`, 300 photos): a JPEG-75 re-encode of a face scores 0.98 or more, a copy at 0.8x size and JPEG 60
+    0.92 or more in 95% of cases; by eye, 20 of 20 sampled pairs at 0.92 or more on realfaces-train are the same shot.
+    Harsher copies (0.6x, JPEG 40: median 0.82) are not found: 10% of the photos have a different photo of the same
+    person at 0.84 or more.
+  min_split: photos that do not belong and are connected among themselves in at least this number make the folder
+    `mixed` (a second person, with the split proposed) rather than outliers.
+  neighbours: nearest folders (and photos) looked at per folder (photo) in the merge (duplicate) search.
+  """
+  edge: float = 0.3
+  outlier: float = 0.25
+  merge: float = 0.25
+  duplicate: float = 0.92
+  min_split: int = 2
+  neighbours: int = 10
+
+  def check(self) -> None:
+    """Raises CleanError on a value out of range."""
+    for name in ('edge', 'outlier', 'merge', 'duplicate'):
+      value = getattr(self, name)
+      if not -1.0 <= value <= 1.0:
+        raise CleanError(f'{name} threshold must be a cosine in [-1, 1], got {value}')
+    if self.min_split < 2 or self.neighbours < 1:
+      raise CleanError(f'min_split must be >= 2 and neighbours >= 1, got {self.min_split} and {self.neighbours}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+  """One row of report.csv.
+
+  kind: outlier | mixed | split | unresolved | merge | duplicate | duplicate_across | faceless.
+  folder: the person folder; photo: a meta.json key ('' for folder rows); other: the other folder or photo, or the
+  proposed part of a split ('part 1', ...); score: the cosine that decided; threshold: the one it was compared with.
+  """
+  kind: str
+  folder: str
+  photo: str = ''
+  other: str = ''
+  score: float = float('nan')
+  threshold: float = float('nan')
+  detail: str = ''
+
+
+@dataclasses.dataclass
+class FolderResult:
+  """The graph analysis of one folder's real photos (indices into the folder's photo list)."""
+  core: np.ndarray
+  scores: np.ndarray
+  flagged: np.ndarray
+  parts: list[np.ndarray]
+  unresolved: bool
+
+
+@dataclasses.dataclass
+class CleanResult:
+  """Everything the cleaner found; `exclude` holds meta.json keys, sorted."""
+  findings: list[Finding]
+  exclude: list[str]
+  folder_results: dict[str, FolderResult]
+  merges: list[tuple[str, str, float]]
+  duplicates: list[tuple[str, str, float]]
+  seconds: dict[str, float]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Nearest neighbours.
+
+
+class IVFIndex:
+  """An inverted-file index for cosine search: k-means cells, each query scans its `probe` nearest cells.
+
+  Exact (one cell, every vector scanned) below `exact_below` vectors, where a matrix product is cheaper than k-means.
+  Above, `cells` defaults to sqrt(N) (rounded), so a query scans about probe / sqrt(N) of the vectors: for 10,000
+  folders and probe 8, 8% of them. Numpy and scikit-learn's MiniBatchKMeans only.
+
+  Args:
+    vectors: (N, D) unit-norm float32.
+    seed: seeds k-means.
+    cells: number of k-means cells (None: sqrt(N)).
+    probe: cells scanned per query.
+    exact_below: below this many vectors the search is exact.
+  """
+
+  def __init__(self, vectors: np.ndarray, seed: int = 0, cells: int | None = None, probe: int = 8,
+               exact_below: int = 2048):
+    self.vectors = np.ascontiguousarray(vectors, np.float32)
+    count = len(self.vectors)
+    if count < exact_below or count < 4:
+      self.cells, self.probe = 1, 1
+      self.assign = np.zeros((count,), np.int64)
+      self.centres = np.zeros((1, self.vectors.shape[1]), np.float32)
+    else:
+      from sklearn.cluster import MiniBatchKMeans  # pylint: disable=import-outside-toplevel
+      self.cells = int(cells or max(2, round(np.sqrt(count))))
+      self.probe = min(probe, self.cells)
+      kmeans = MiniBatchKMeans(n_clusters=self.cells, random_state=seed, batch_size=4096, n_init=1,
+                               max_iter=20).fit(self.vectors)
+      centres = kmeans.cluster_centers_.astype(np.float32)
+      self.centres = centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+      self.assign = np.argmax(self.vectors @ self.centres.T, axis=1)
+    self.members = [np.flatnonzero(self.assign == cell) for cell in range(self.cells)]
+
+  def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most similar indexed vectors of each query.
+
+    Returns:
+      (cosines (Q, k) float32, indices (Q, k) int64, -1 where fewer than k were scanned), best first.
+    """
+    queries = np.ascontiguousarray(queries, np.float32)
+    best_sim = np.full((len(queries), k), -np.inf, np.float32)
+    best_idx = np.full((len(queries), k), -1, np.int64)
+    if self.cells == 1:
+      probes = np.zeros((len(queries), 1), np.int64)
+    else:
+      probes = np.argsort(-(queries @ self.centres.T), axis=1)[:, :self.probe]
+    for cell in range(self.cells):
+      members = self.members[cell]
+      asking = np.flatnonzero((probes == cell).any(axis=1))
+      if not len(members) or not len(asking):
+        continue
+      for start in range(0, len(asking), 4096):
+        rows = asking[start:start + 4096]
+        sims = queries[rows] @ self.vectors[members].T
+        take = min(k, len(members))
+        top = np.argpartition(-sims, take - 1, axis=1)[:, :take] if take < len(members) else \
+            np.broadcast_to(np.arange(len(members)), sims.shape)
+        merged_sim = np.concatenate([best_sim[rows], np.take_along_axis(sims, top, axis=1)], axis=1)
+        merged_idx = np.concatenate([best_idx[rows], members[top]], axis=1)
+        order = np.argsort(-merged_sim, axis=1)[:, :k]
+        best_sim[rows] = np.take_along_axis(merged_sim, order, axis=1)
+        best_idx[rows] = np.take_along_axis(merged_idx, order, axis=1)
+    return best_sim, best_idx
+
+
+def neighbour_pairs(vectors: np.ndarray, k: int, seed: int = 0, **index_args: Any) -> tuple[np.ndarray, np.ndarray]:
+  """Each vector's k nearest others (itself removed) as unique pairs (i < j).
+
+  Returns:
+    (pairs (P, 2) int64, their cosines (P,) float32).
+  """
+  if len(vectors) < 2:
+    return np.zeros((0, 2), np.int64), np.zeros((0,), np.float32)
+  index = IVFIndex(vectors, seed=seed, **index_args)
+  sims, idx = index.search(vectors, min(k + 1, len(vectors)))
+  rows = np.repeat(np.arange(len(vectors)), idx.shape[1])
+  cols, values = idx.reshape(-1), sims.reshape(-1)
+  keep = (cols >= 0) & (cols != rows)
+  pairs = np.stack([np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])], axis=1)
+  pairs, first = np.unique(pairs, axis=0, return_index=True)
+  return pairs, values[keep][first]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The analysis, on embeddings.
+
+
+def _components(adjacency: np.ndarray) -> np.ndarray:
+  """Connected-component label of each node of a small dense symmetric adjacency matrix."""
+  count = len(adjacency)
+  labels = np.full((count,), -1, np.int64)
+  current = 0
+  for start in range(count):
+    if labels[start] >= 0:
+      continue
+    stack = [start]
+    labels[start] = current
+    while stack:
+      node = stack.pop()
+      for other in np.flatnonzero(adjacency[node] & (labels < 0)):
+        labels[other] = current
+        stack.append(other)
+    current += 1
+  return labels
+
+
+def analyse_folder(embeddings: np.ndarray, params: CleanParams) -> FolderResult:
+  """The graph analysis of one folder (see the module docstring).
+
+  Args:
+    embeddings: (n, D) unit-norm embeddings of the folder's real photos.
+    params: thresholds.
+
+  Returns:
+    core: indices of the identity's component; scores: (n,) cosine of each photo to the core mean (itself left
+    out); flagged: (n,) bool, does not belong; parts: the components of flagged photos of at least min_split photos
+    (the proposed new folders); unresolved: no identity could be picked.
+  """
+  count = len(embeddings)
+  if count < 2:
+    return FolderResult(core=np.arange(count), scores=np.ones((count,), np.float32), flagged=np.zeros((count,), bool),
+                        parts=[], unresolved=False)
+  sims = embeddings @ embeddings.T
+  adjacency = sims >= params.edge
+  np.fill_diagonal(adjacency, False)
+  labels = _components(adjacency)
+  sizes = np.bincount(labels)
+  if sizes.max() == 1:
+    # No edge at all. With three photos or more the most similar pair is the identity when it reaches the outlier
+    # threshold (two photos of a person with a third, unlike both); two photos cannot be told apart.
+    off = np.where(np.eye(count, dtype=bool), -np.inf, sims)
+    a, b = np.unravel_index(np.argmax(off), off.shape)
+    if count < 3 or off[a, b] < params.outlier:
+      return FolderResult(core=np.zeros((0,), np.int64), scores=np.full((count,), np.nan, np.float32),
+                          flagged=np.zeros((count,), bool), parts=[], unresolved=True)
+    labels = np.arange(count)
+    labels[b] = labels[a]
+    sizes = np.bincount(labels)
+  mean_to_others = (sims.sum(axis=1) - 1.0) / (count - 1)
+  candidates = np.flatnonzero(sizes == sizes.max())
+  main = max(candidates, key=lambda label: float(mean_to_others[labels == label].mean()))
+  core = np.flatnonzero(labels == main)
+  core_sum = embeddings[core].sum(axis=0)
+  in_core = labels == main
+  means = np.where(in_core[:, None], (core_sum[None] - embeddings) / max(len(core) - 1, 1), core_sum[None] / len(core))
+  means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+  scores = np.einsum('nd,nd->n', embeddings, means).astype(np.float32)
+  flagged = scores < params.outlier
+  parts = []
+  if flagged.sum() >= params.min_split:
+    sub = np.flatnonzero(flagged)
+    sub_labels = _components(adjacency[np.ix_(sub, sub)])
+    parts = [sub[sub_labels == label] for label in range(sub_labels.max() + 1)
+             if (sub_labels == label).sum() >= params.min_split]
+  return FolderResult(core=core, scores=scores, flagged=flagged, parts=parts, unresolved=False)
+
+
+def merge_scores(means: np.ndarray, centroids: np.ndarray, neighbours: int, seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Scores each folder's nearest folders as merge candidates.
+
+  The evidence is the mean cosine over every photo pair across the two folders (the dot product of their mean
+  embeddings), corrected for hubness as CSLS does (Conneau et al. 2018, "Word translation without parallel data"):
+  score = 2 s(a, b) - r(a) - r(b), where r(f) is the mean s of folder f to its `neighbours` nearest folders. Some
+  faces are close to many others (low resolution, babies, heavy make-up); their raw cosines fill the top of the list
+  otherwise. On realfaces-train with injected splits (noise seed 0, pretrained MobileFaceNet) the correction raised
+  the best min(precision, recall) of merge candidates from 0.25 to 0.67.
+
+  Args:
+    means: (F, D) mean unit embedding of each folder's core.
+    centroids: (F, D) the same, unit norm (the search runs on these).
+    neighbours: folders looked at per folder.
+    seed: seeds the index's k-means.
+
+  Returns:
+    (pairs (P, 2) int64 with i < j, mean cosines (P,), scores (P,)).
+  """
+  index = IVFIndex(centroids, seed=seed)
+  _, idx = index.search(centroids, min(neighbours + 1, len(centroids)))
+  rows = np.repeat(np.arange(len(centroids)), idx.shape[1])
+  cols = idx.reshape(-1)
+  keep = (cols >= 0) & (cols != rows)
+  rows, cols = rows[keep], cols[keep]
+  cross = np.einsum('pd,pd->p', means[rows], means[cols])
+  usual = np.zeros((len(centroids),), np.float64)
+  counts = np.zeros((len(centroids),), np.float64)
+  np.add.at(usual, rows, cross)
+  np.add.at(counts, rows, 1.0)
+  usual /= np.maximum(counts, 1.0)
+  pairs = np.stack([np.minimum(rows, cols), np.maximum(rows, cols)], axis=1)
+  pairs, first = np.unique(pairs, axis=0, return_index=True)
+  cross = cross[first]
+  scores = 2.0 * cross - usual[pairs[:, 0]] - usual[pairs[:, 1]]
+  return pairs, cross.astype(np.float32), scores.astype(np.float32)
+
+
+def _group(folders: Sequence[str]) -> dict[str, np.ndarray]:
+  order = np.argsort(np.asarray(folders), kind='stable')
+  names = np.asarray(folders)[order]
+  starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
+  ends = np.r_[starts[1:], len(names)]
+  return {str(names[s]): order[s:e] for s, e in zip(starts, ends)}
+
+
+def analyse(keys: Sequence[str], embeddings: np.ndarray, is_fake: Sequence[int], params: CleanParams | None = None,
+            faceless: Iterable[str] = (), seed: int = 0, progress: bool = False, duplicates: bool = True
+            ) -> CleanResult:
+  """Runs every check on embedded photos.
+
+  Args:
+    keys: meta.json keys "<folder>/<file>" of the embedded photos.
+    embeddings: (N, D) float32, unit norm (normalised here if not).
+    is_fake: (N,) 0 real | 1 generated.
+    params: thresholds (default CleanParams()).
+    faceless: keys of photos left out because no face was found (reported only).
+    seed: seeds the k-means of the nearest-neighbour indexes.
+    progress: a progress bar over the folders.
+    duplicates: run the near-duplicate search (measurements of the other checks skip it).
+
+  Returns:
+    The findings, the exclude list and the per-folder results.
+  """
+  params = params or CleanParams()
+  params.check()
+  embeddings = np.asarray(embeddings, np.float32)
+  embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+  keys = list(keys)
+  is_fake = np.asarray(is_fake, bool)
+  folders = [key.split('/', 1)[0] for key in keys]
+  findings: list[Finding] = [Finding('faceless', key.split('/', 1)[0], key, detail='no face found: not analysed')
+                             for key in sorted(faceless)]
+  exclude: list[str] = []
+  folder_results: dict[str, FolderResult] = {}
+  seconds: dict[str, float] = {}
+  start = time.perf_counter()
+  groups = _group(folders)
+  names = sorted(groups)
+  folder_means, mean_folders = [], []
+  flagged_rows: list[tuple[int, int]] = []  # (finding, photo) of each flagged photo
+  for name in _progress(names, 'folders', progress):
+    members = groups[name]
+    reals = members[~is_fake[members]]
+    if not len(reals):
+      continue
+    result = analyse_folder(embeddings[reals], params)
+    folder_results[name] = result
+    real_keys = [keys[i] for i in reals]
+    if result.unresolved:
+      findings.append(Finding('unresolved', name, other=f'{len(reals)} photos', score=float(np.max(
+          (embeddings[reals] @ embeddings[reals].T)[~np.eye(len(reals), dtype=bool)])), threshold=params.edge,
+          detail='no two real photos reach the edge threshold: no identity to keep (review)'))
+    else:
+      in_part = {int(i): number for number, part in enumerate(result.parts, 1) for i in part}
+      if result.parts:
+        findings.append(Finding('mixed', name, other=f'{len(result.parts) + 1} parts', threshold=params.outlier,
+                                detail=f'core {len(result.core)} photos; proposed new folders: ' + ', '.join(
+                                    str(len(part)) for part in result.parts) + ' photos'))
+      for i in np.flatnonzero(result.flagged):
+        kind, other = ('split', f'part {in_part[int(i)]}') if int(i) in in_part else ('outlier', '')
+        findings.append(Finding(kind, name, real_keys[i], other=other, score=float(result.scores[i]),
+                                threshold=params.outlier,
+                                detail='moves to a new folder' if kind == 'split' else 'does not match the folder'))
+        exclude.append(real_keys[i])
+        flagged_rows.append((len(findings) - 1, int(reals[i])))
+      core = reals[result.core]
+      folder_means.append(embeddings[core].mean(axis=0))
+      mean_folders.append(name)
+    if result.unresolved:  # no core: the folder still takes part in merges through the mean of all its photos
+      folder_means.append(embeddings[reals].mean(axis=0))
+      mean_folders.append(name)
+  seconds['folders'] = time.perf_counter() - start
+
+  start = time.perf_counter()
+  merges = []
+  if len(folder_means) > 1:
+    means = np.stack(folder_means).astype(np.float32)
+    centroids = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    pairs, cross, scores = merge_scores(means, centroids, params.neighbours, seed)
+    for (a, b), mean_cosine, score in zip(pairs, cross, scores):
+      if score >= params.merge:
+        merges.append((mean_folders[a], mean_folders[b], float(score)))
+        findings.append(Finding('merge', mean_folders[a], other=mean_folders[b], score=float(score),
+                                threshold=params.merge, detail=f'same person in two folders? mean cosine of photo '
+                                f'pairs {mean_cosine:.4f}, less the two folders\' usual neighbour similarity'))
+    # Where a flagged photo may belong: the nearest other folder, named in its row for the reviewer.
+    if flagged_rows:
+      index = IVFIndex(centroids, seed=seed)
+      sims, idx = index.search(embeddings[[photo for _, photo in flagged_rows]], 2)
+      for (row, photo), row_sims, row_idx in zip(flagged_rows, sims, idx):
+        for sim, folder in zip(row_sims, row_idx):
+          if folder >= 0 and mean_folders[folder] != folders[photo] and sim >= params.outlier:
+            finding = findings[row]
+            findings[row] = dataclasses.replace(finding, detail=f'{finding.detail}; closest folder '
+                                                f'{mean_folders[folder]} (cosine {sim:.3f} to its centroid)')
+            break
+  seconds['merge'] = time.perf_counter() - start
+
+  start = time.perf_counter()
+  found_duplicates = []
+  pairs, sims = neighbour_pairs(embeddings, min(params.neighbours, 4), seed=seed) if duplicates else (
+      np.zeros((0, 2), np.int64), np.zeros((0,), np.float32))
+  for (a, b), score in zip(pairs[sims >= params.duplicate], sims[sims >= params.duplicate]):
+    across = folders[a] != folders[b]
+    found_duplicates.append((keys[a], keys[b], float(score)))
+    findings.append(Finding('duplicate_across' if across else 'duplicate', folders[a], keys[a], other=keys[b],
+                            score=float(score), threshold=params.duplicate,
+                            detail='near-duplicate in another folder' if across else 'near-duplicate photo'))
+  seconds['duplicates'] = time.perf_counter() - start
+  return CleanResult(findings=findings, exclude=sorted(set(exclude)), folder_results=folder_results, merges=merges,
+                     duplicates=found_duplicates, seconds=seconds)
+
+
+def _progress(items: Sequence[Any], desc: str, enabled: bool) -> Iterable[Any]:
+  if not enabled:
+    return items
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  return tqdm(items, desc=desc, unit=desc.split()[-1], mininterval=2.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Files.
+
+
+def write_report(out: PathLike, findings: Sequence[Finding]) -> pathlib.Path:
+  """Writes report.csv (REPORT_FIELDS; scores rounded to 4 places, '' when there is none)."""
+  path = pathlib.Path(out) / REPORT_NAME
+  with path.open('w', newline='', encoding='utf-8') as handle:
+    writer = csv.writer(handle)
+    writer.writerow(REPORT_FIELDS)
+    for finding in findings:
+      row = dataclasses.asdict(finding)
+      for name in ('score', 'threshold'):
+        row[name] = '' if np.isnan(row[name]) else f'{row[name]:.4f}'
+      writer.writerow([row[name] for name in REPORT_FIELDS])
+  return path
+
+
+def write_exclude(out: PathLike, exclude: Sequence[str], header: str = '') -> pathlib.Path:
+  """Writes exclude.txt: '#' comment lines, then one meta.json key a line."""
+  path = pathlib.Path(out) / EXCLUDE_NAME
+  lines = [f'# {line}' for line in header.splitlines()] + list(exclude)
+  path.write_text('\n'.join(lines) + '\n', encoding='utf-8')
+  return path
+
+
+def read_exclude(path: PathLike, data_dir: PathLike | None = None) -> tuple[str, ...]:
+  """Reads an exclude list: one meta.json key ("<person_id>/<k>.jpg") a line; blank lines and '#' comments skipped.
+
+  Args:
+    path: the file (exclude.txt of this module, or written by hand).
+    data_dir: when given, every key must be in its train/meta.json (a list made for another folder is refused).
+
+  Raises:
+    challenge.DataFormatError: unreadable file, a line that is not "<person>/<file>", or a key not in meta.json.
+  """
+  path = pathlib.Path(path)
+  try:
+    text = path.read_text(encoding='utf-8')
+  except (OSError, UnicodeDecodeError) as error:
+    raise challenge.DataFormatError(f'{path}: cannot read the exclude list ({type(error).__name__}: {error}) '
+                                    '(give the exclude.txt of python -m jaxface.data.clean)') from None
+  keys = []
+  for number, line in enumerate(text.splitlines(), 1):
+    line = line.split('#', 1)[0].strip()
+    if not line:
+      continue
+    if line.count('/') != 1 or not all(line.split('/')):
+      raise challenge.DataFormatError(f'{path}: line {number} {line!r} is not "<person_id>/<file>" (one meta.json key '
+                                      'a line)')
+    keys.append(line)
+  if data_dir is not None:
+    meta = challenge.read_meta(data_dir)
+    unknown = [key for key in keys if key not in meta]
+    if unknown:
+      raise challenge.DataFormatError(f'{path}: {len(unknown)} keys are not in {challenge.meta_path(data_dir)}, e.g. '
+                                      f'{unknown[0]!r} (the list was made for another data folder)')
+  return tuple(dict.fromkeys(keys))
+
+
+def save_embeddings(path: PathLike, keys: Sequence[str], embeddings: np.ndarray, is_fake: Sequence[int],
+                    faceless: Sequence[str], info: dict[str, Any]) -> None:
+  """Stores what the analysis needs, so thresholds can be tried again without embedding (`--embeddings`)."""
+  np.savez(path, keys=np.asarray(keys, dtype=str), embeddings=np.asarray(embeddings, np.float32),
+           is_fake=np.asarray(is_fake, np.int8), faceless=np.asarray(list(faceless), dtype=str),
+           info=np.asarray(json.dumps(info)))
+
+
+def load_embeddings(path: PathLike) -> tuple[list[str], np.ndarray, np.ndarray, list[str], dict[str, Any]]:
+  """Reads `save_embeddings`' file: (keys, embeddings, is_fake, faceless keys, info)."""
+  try:
+    with np.load(path, allow_pickle=False) as stored:
+      return ([str(k) for k in stored['keys']], stored['embeddings'].astype(np.float32),
+              stored['is_fake'].astype(np.int64), [str(k) for k in stored['faceless']], json.loads(str(stored['info'])))
+  except (OSError, ValueError, KeyError) as error:
+    raise CleanError(f'{path}: cannot read embeddings ({type(error).__name__}: {error}) (give the embeddings.npz '
+                     'that python -m jaxface.data.clean wrote, or embed again without --embeddings)') from None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Faces and embeddings.
+
+
+def decode_face(jpeg: bytes) -> np.ndarray:
+  """A cached face's JPEG -> (112, 112, 3) uint8 RGB."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  with Image.open(io.BytesIO(jpeg)) as image:
+    return np.asarray(image.convert('RGB'), np.uint8)
+
+
+def aligned_faces(data_dir: PathLike, cache_dir: PathLike, aligner_name: str = 'mtcnn',
+                  aligner_path: str | None = None, batch_size: int = 32, progress: bool = True):
+  """Aligns (into the cache) every train photo not aligned yet; returns the images and a face reader.
+
+  Uses preprocessing's own align stage (`jaxface.align.stage.align_into_cache`) and cache settings, so the cache
+  is the one `scripts/preprocess.py --cache-dir` reads and writes. The data folder's path is made absolute the way
+  preprocessing does it (cache keys hold the absolute path, size and mtime).
+
+  Returns:
+    (images: list of challenge.TrainImage, statuses: {path: stage.PhotoStatus}, read: path -> cached face).
+  """
+  from jaxface.align import cache as cache_lib  # pylint: disable=import-outside-toplevel
+  from jaxface.align import stage  # pylint: disable=import-outside-toplevel
+  from jaxface.data import builder  # pylint: disable=import-outside-toplevel
+
+  data_dir = pathlib.Path(data_dir).absolute()
+  images = challenge.list_train_images(data_dir)
+  options = builder.BuildOptions(aligner=aligner_name, aligner_path=aligner_path, batch_size=batch_size,
+                                 progress=progress)
+  aligner = builder.make_aligner(options)
+  cache = cache_lib.AlignCache(cache_dir, aligner.name, {
+      'aligner': aligner.settings(), 'max_photo_side': options.max_photo_side,
+      'jpeg_quality': options.jpeg_quality, 'face_size': builder.FACE_SIZE})
+  statuses, _ = stage.align_into_cache([image.path for image in images], aligner, cache, options)
+  return images, statuses, cache.get
+
+
+def embed_faces(faces: Callable[[int], np.ndarray], count: int, checkpoint: PathLike, batch_size: int = 128,
+                progress: bool = True) -> np.ndarray:
+  """Unit-norm embeddings (count, D) of `faces(i)` (aligned (112, 112, 3) uint8), in batches with a progress bar."""
+  from jaxface import verify  # pylint: disable=import-outside-toplevel  (JAX loads here)
+  verifier = verify.FaceVerifier.load(checkpoint, aligner='none', batch_size=batch_size)
+  chunks = []
+  bar = None
+  if progress:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    bar = tqdm(total=count, desc='embed', unit='photo', mininterval=2.0)
+  for start in range(0, count, batch_size):
+    batch = np.stack([faces(i) for i in range(start, min(start + batch_size, count))])
+    embeddings, _ = verifier.infer(batch)
+    chunks.append(np.asarray(embeddings, np.float32))
+    if bar is not None:
+      bar.update(len(batch))
+  if bar is not None:
+    bar.close()
+  embeddings = np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
+  return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+
+
+def embed_data_dir(data_dir: PathLike, checkpoint: PathLike, cache_dir: PathLike, aligner_name: str = 'mtcnn',
+                   aligner_path: str | None = None, batch_size: int = 128, progress: bool = True
+                   ) -> tuple[list[str], np.ndarray, np.ndarray, list[str], Callable[[str], np.ndarray | None]]:
+  """Aligns (cached) and embeds every train photo of a challenge folder.
+
+  Returns:
+    (keys, embeddings (N, D), is_fake (N,), faceless keys, face_of: key -> aligned face or None).
+  """
+  images, statuses, read = aligned_faces(data_dir, cache_dir, aligner_name, aligner_path, progress=progress)
+  usable = [image for image in images if statuses[image.path].state in ('aligned', 'low_score')]
+  faceless = [image.rel_path for image in images if statuses[image.path].state not in ('aligned', 'low_score')]
+  by_key = {image.rel_path: image.path for image in images}
+
+  def face_of(key: str) -> np.ndarray | None:
+    face = read(by_key[key]) if key in by_key else None
+    return None if face is None else decode_face(face.jpeg)
+
+  embeddings = embed_faces(lambda i: face_of(usable[i].rel_path), len(usable), checkpoint, batch_size, progress)
+  return ([image.rel_path for image in usable], embeddings, np.asarray([image.is_fake for image in usable]),
+          faceless, face_of)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Contact sheets.
+
+
+def contact_sheet(tiles: Sequence[tuple[np.ndarray | None, str, tuple[int, int, int]]], title: str,
+                  columns: int = 8, tile: int = 112) -> Any:
+  """A PIL image: a title line, then faces in a grid, each with a coloured frame and a caption."""
+  from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+  caption, frame = 14, 4
+  cell = tile + 2 * frame
+  rows = max(1, -(-len(tiles) // columns))
+  sheet = Image.new('RGB', (columns * cell, 20 + rows * (cell + caption)), (255, 255, 255))
+  draw = ImageDraw.Draw(sheet)
+  draw.text((4, 4), title, fill=(0, 0, 0))
+  for number, (face, text, colour) in enumerate(tiles):
+    x, y = (number % columns) * cell, 20 + (number // columns) * (cell + caption)
+    draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour)
+    if face is not None:
+      sheet.paste(Image.fromarray(face).resize((tile, tile)), (x + frame, y + frame))
+    draw.text((x + 2, y + cell), text[:20], fill=(0, 0, 0))
+  return sheet
+
+
+GREEN, RED, BLUE, GREY, ORANGE = (40, 160, 40), (220, 30, 30), (40, 90, 220), (150, 150, 150), (240, 150, 20)
+
+
+def write_sheets(out: PathLike, result: CleanResult, keys: Sequence[str], is_fake: Sequence[int],
+                 face_of: Callable[[str], np.ndarray | None], limit: int = 300, per_folder: int = 48
+                 ) -> list[pathlib.Path]:
+  """Contact sheets of flagged folders (core green, outliers red, proposed parts blue/orange, fakes grey) and merge
+  pairs; at most `limit` sheets: mixed folders, then folders with outliers (lowest score first), unresolved folders,
+  and merge pairs (highest score first) with what is left."""
+  sheets_dir = pathlib.Path(out) / SHEETS_DIR
+  sheets_dir.mkdir(parents=True, exist_ok=True)
+  by_folder: dict[str, list[int]] = {}
+  for index, key in enumerate(keys):
+    by_folder.setdefault(key.split('/', 1)[0], []).append(index)
+  flagged = [(name, r) for name, r in result.folder_results.items() if r.unresolved or r.flagged.any()]
+  # Mixed folders first, then folders with outliers (lowest score first), then unresolved ones.
+  flagged.sort(key=lambda item: (2, 0.0) if item[1].unresolved else (
+      0 if item[1].parts else 1, float(np.min(item[1].scores))))
+  written = []
+  for name, folder in flagged[:limit]:
+    members = by_folder[name]
+    reals = [i for i in members if not is_fake[i]]
+    fakes = [i for i in members if is_fake[i]]
+    part_of = {int(i): number for number, part in enumerate(folder.parts, 1) for i in part}
+    tiles = []
+    for slot, index in enumerate(reals):
+      score = folder.scores[slot]
+      colour = GREY if folder.unresolved else (BLUE if part_of.get(slot) == 1 else ORANGE if slot in part_of else
+                                               RED if folder.flagged[slot] else GREEN)
+      tiles.append((face_of(keys[index]), f'{keys[index].split("/", 1)[1]} {score:.2f}', colour))
+    tiles += [(face_of(keys[i]), f'{keys[i].split("/", 1)[1]} fake', GREY) for i in fakes]
+    kind = 'unresolved' if folder.unresolved else 'mixed' if folder.parts else 'outliers'
+    sheet = contact_sheet(tiles[:per_folder], f'{name}: {kind} (green core, red outlier, blue/orange split, grey '
+                          'fake or unresolved; caption: file, cosine to the core)')
+    path = sheets_dir / f'{kind}_{name}.png'
+    sheet.save(path)
+    written.append(path)
+  for a, b, score in sorted(result.merges, key=lambda m: -m[2])[:max(0, limit - len(written))]:
+    tiles = [(face_of(keys[i]), f'{a} {keys[i].split("/", 1)[1]}', GREEN) for i in by_folder[a] if not is_fake[i]][:24]
+    tiles += [(face_of(keys[i]), f'{b} {keys[i].split("/", 1)[1]}', BLUE) for i in by_folder[b] if not is_fake[i]][:24]
+    sheet = contact_sheet(tiles, f'merge? {a} (green) and {b} (blue): score {score:.3f}')
+    path = sheets_dir / f'merge_{a}_{b}.png'
+    sheet.save(path)
+    written.append(path)
+  return written
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line.
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  defaults = CleanParams()
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('data_dir', help='challenge folder with train/images and train/meta.json')
+  parser.add_argument('--checkpoint', default=None, help='model to embed with (a workdir or converted checkpoint, '
+                      'e.g. runs/mbf_ms1m_init); not needed with --embeddings')
+  parser.add_argument('--out', required=True, help='folder for report.csv, exclude.txt, sheets/, embeddings.npz')
+  parser.add_argument('--cache-dir', default=None, help='align cache root (default OUT/_align_cache; give '
+                      'TFDS_DIR/_align_cache of scripts/preprocess.py to reuse its faces)')
+  parser.add_argument('--aligner', default='mtcnn', choices=('dfa', 'mtcnn', 'retinaface', 'none'),
+                      help='aligns the photos the cache lacks (default mtcnn, as preprocessing)')
+  parser.add_argument('--aligner-path', default=None, help='DFA snapshot folder or RetinaFace .pth')
+  parser.add_argument('--embeddings', default=None, help='reuse an embeddings.npz of an earlier run (no aligning, '
+                      'no network): to try other thresholds')
+  parser.add_argument('--batch-size', type=int, default=128, help='faces per network call')
+  for name, text in (('edge', 'cosine joining two photos of a folder'),
+                     ('outlier', 'cosine to the folder core below which a photo does not belong'),
+                     ('merge', 'mean cross cosine making two folders a merge candidate'),
+                     ('duplicate', 'cosine making two photos near-duplicates')):
+    parser.add_argument(f'--{name}', type=float, default=getattr(defaults, name),
+                        help=f'{text} (default {getattr(defaults, name)}, chosen on injected noise: CleanParams)')
+  parser.add_argument('--max-sheets', type=int, default=300, help='contact sheets written at most')
+  parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+  return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_args(argv)
+  progress = not args.no_progress
+  out = pathlib.Path(args.out)
+  params = CleanParams(edge=args.edge, outlier=args.outlier, merge=args.merge, duplicate=args.duplicate)
+  try:
+    params.check()
+    data_dir = pathlib.Path(args.data_dir)
+    if not challenge.meta_path(data_dir).is_file():
+      raise CleanError(f'{challenge.meta_path(data_dir)}: not found (give the challenge folder holding train/)')
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    face_of: Callable[[str], np.ndarray | None] = lambda key: None
+    if args.embeddings:
+      keys, embeddings, is_fake, faceless, info = load_embeddings(args.embeddings)
+      meta = challenge.read_meta(data_dir)
+      strangers = [key for key in keys if key not in meta]
+      if strangers:
+        raise CleanError(f'{args.embeddings}: {len(strangers)} of its photos are not in {challenge.meta_path(data_dir)}'
+                         f', e.g. {strangers[0]!r} (embed this folder again without --embeddings)')
+      face_of = face_reader(data_dir, info)
+    else:
+      if not args.checkpoint:
+        raise CleanError('--checkpoint is needed to embed the photos (or give --embeddings)')
+      from jaxface.data import builder  # pylint: disable=import-outside-toplevel
+      cache_dir = pathlib.Path(args.cache_dir) if args.cache_dir else out / '_align_cache'
+      try:
+        keys, embeddings, is_fake, faceless, face_of = embed_data_dir(
+            data_dir, args.checkpoint, cache_dir, args.aligner, args.aligner_path, args.batch_size, progress)
+      except builder.PreprocessError as error:
+        raise CleanError(str(error)) from None
+      info = {'data_dir': str(data_dir.absolute()), 'checkpoint': str(args.checkpoint), 'cache_dir': str(cache_dir),
+              'aligner': args.aligner}
+      save_embeddings(out / EMBEDDINGS_NAME, keys, embeddings, is_fake, faceless, info)
+    embed_seconds = time.perf_counter() - start
+    result = analyse(keys, embeddings, is_fake, params, faceless=faceless, progress=progress)
+  except (CleanError, challenge.DataFormatError) as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 2
+  except OSError as error:
+    print(f'error: {error} (check that the folder exists and is writable)', file=sys.stderr)
+    return 2
+  write_report(out, result.findings)
+  write_exclude(out, result.exclude, header=f'python -m jaxface.data.clean {args.data_dir}: {len(result.exclude)} '
+                f'photos that do not belong\nthresholds: {json.dumps(dataclasses.asdict(params))}')
+  sheets = write_sheets(out, result, keys, is_fake, face_of, limit=args.max_sheets)
+  kinds: dict[str, int] = {}
+  for finding in result.findings:
+    kinds[finding.kind] = kinds.get(finding.kind, 0) + 1
+  summary = {'photos': len(keys), 'folders': len({key.split('/', 1)[0] for key in keys}), 'findings': kinds,
+             'excluded': len(result.exclude), 'sheets': len(sheets), 'params': dataclasses.asdict(params),
+             'seconds': {'align_and_embed': round(embed_seconds, 1),
+                         **{name: round(value, 2) for name, value in result.seconds.items()}}}
+  (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=1) + '\n', encoding='utf-8')
+  print(json.dumps(summary))
+  print(f'report: {out / REPORT_NAME}; exclude list: {out / EXCLUDE_NAME}; sheets: {out / SHEETS_DIR}')
+  return 0
+
+
+def face_reader(data_dir: pathlib.Path, info: dict[str, Any]) -> Callable[[str], np.ndarray | None]:
+  """The cached faces behind an embeddings file, for its contact sheets (a lookup only: blank tiles when the
+  cache recorded in the file is gone)."""
+  from jaxface.align import cache as cache_lib  # pylint: disable=import-outside-toplevel
+  root = pathlib.Path(info.get('cache_dir', ''))
+  settings_files = sorted(root.glob(f'{info.get("aligner", "mtcnn")}-*/settings.json')) if info.get('cache_dir') else []
+  if not settings_files:
+    return lambda key: None
+  stored = json.loads(settings_files[0].read_text(encoding='utf-8'))
+  cache = cache_lib.AlignCache(root, stored['aligner'], stored['settings'])
+  images_dir = challenge.train_images_dir(data_dir.absolute())
+
+  def face_of(key: str) -> np.ndarray | None:
+    face = cache.get(images_dir / key)
+    return None if face is None else decode_face(face.jpeg)
+
+  return face_of
+
+
+if __name__ == '__main__':
+  sys.exit(main())
