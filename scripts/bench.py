@@ -298,28 +298,64 @@ def _sample_photos(data_dir: str | None, count: int):
   return [rng.integers(0, 255, (250, 250, 3), dtype=np.uint8) for _ in range(count)], 'random 250x250 noise'
 
 
+ALIGNERS = ('none', 'mtcnn', 'retinaface', 'dfa')
+
+
 def stage_align(args) -> dict[str, Any]:
+  """Photos per second of each aligner on the same photos, the aligners taking turns in one process (so background
+  load hits them alike), and the peak memory of each, measured alone in its own child process."""
+  if args.align_memory_only:
+    return _align_memory(args, args.aligners[0])
   import torch  # pylint: disable=import-outside-toplevel
   from jaxface.align.base import make_aligner  # pylint: disable=import-outside-toplevel
 
   photos, source = _sample_photos(args.data_dir, args.align_photos)
-  sizes = sorted({p.shape[:2] for p in photos})
-  result = {'photos': len(photos), 'source': source, 'sizes': [list(s) for s in sizes[:5]]}
-  for name in ('none', 'mtcnn', 'dfa'):
+  result: dict[str, Any] = {'photos': len(photos), 'source': source,
+                            'sizes': [list(s) for s in sorted({p.shape[:2] for p in photos})[:5]],
+                            'torch_threads': torch.get_num_threads()}
+  aligners = {}
+  for name in args.aligners:
     try:
-      aligner = make_aligner(name, args.dfa_path if name == 'dfa' else None, device=torch_device(args.device))
+      aligners[name] = make_aligner(name, args.dfa_path if name == 'dfa' else None, device=torch_device(args.device))
     except Exception as e:  # pylint: disable=broad-except
       result[name] = {'error': f'{type(e).__name__}: {str(e)[:200]}'}
       print(f'align {name}: unavailable ({result[name]["error"]})')
       if name == 'dfa':
         result['dfa_network_only'] = _dfa_network_only(args, len(photos))
-      continue
+  for aligner in aligners.values():
     aligner.align(photos[:2])
-    seconds = median_time(lambda: aligner.align(photos), args.repeats)
-    result[name] = {'photos_per_s': round(len(photos) / seconds, 2)}
-    print(f"align {name}: {result[name]['photos_per_s']:.2f} photos/s", flush=True)
-  result['torch_threads'] = torch.get_num_threads()
+  seconds = alternate({name: functools.partial(a.align, photos) for name, a in aligners.items()}, args.repeats)
+  for name, aligner in aligners.items():
+    found = int(sum(bool(f) for f in aligner.align(photos).found))
+    result[name] = {'photos_per_s': round(len(photos) / seconds[name], 2), 'faces_found': found,
+                    **_align_memory_child(args, name)}
+    print(f"align {name}: {result[name]['photos_per_s']:.2f} photos/s, {found}/{len(photos)} faces, peak "
+          f"{result[name].get('peak_rss_mb', float('nan')):.0f} MB alone", flush=True)
+  if 'mtcnn' in aligners and 'retinaface' in aligners:
+    result['retinaface_vs_mtcnn'] = round(seconds['mtcnn'] / seconds['retinaface'], 2)
+    print(f"align: retinaface {result['retinaface_vs_mtcnn']:.2f}x mtcnn (same photos, alternating)")
   return result
+
+
+def _align_memory_child(args, name: str) -> dict[str, Any]:
+  child_json = pathlib.Path(os.environ.get('TMPDIR', '/tmp')) / f'jaxface-bench-align-{os.getpid()}-{name}.json'
+  command = [sys.executable, __file__, '--stage', 'align', '--aligners', name, '--align-memory-only', '--in-process',
+             '--json', str(child_json), '--device', args.device, '--align-photos', str(args.align_photos),
+             '--data-dir', args.data_dir, '--compile-cache', 'none'] + (['--dfa-path', args.dfa_path]
+                                                                        if args.dfa_path else [])
+  code = subprocess.call(command, stdout=subprocess.DEVNULL)
+  row = json.loads(child_json.read_text())['align'] if code == 0 and child_json.exists() else {}
+  child_json.unlink(missing_ok=True)
+  return row or {'memory_error': f'child exited with code {code}'}
+
+
+def _align_memory(args, name: str) -> dict[str, Any]:
+  """Peak resident memory of one aligner aligning the photos once (and of the process before it was built)."""
+  from jaxface.align.base import make_aligner  # pylint: disable=import-outside-toplevel
+  photos, _ = _sample_photos(args.data_dir, args.align_photos)
+  before = peak_rss_mb()
+  make_aligner(name, args.dfa_path if name == 'dfa' else None, device=torch_device(args.device)).align(photos)
+  return {'peak_rss_mb': round(peak_rss_mb(), 1), 'peak_rss_before_aligner_mb': round(before, 1)}
 
 
 def _dfa_network_only(args, count: int) -> dict[str, Any]:
@@ -428,6 +464,9 @@ def parse_args(argv=None):
                       help='infer stage: comma-separated, of ' + ', '.join(INFER_RUNTIMES))
   parser.add_argument('--conv-shapes', default='', help='conv stage: indices into IR18_CONVS (default all)')
   parser.add_argument('--align-photos', type=int, default=16)
+  parser.add_argument('--aligners', nargs='+', default=list(ALIGNERS), choices=ALIGNERS,
+                      help='align stage: the aligners to time')
+  parser.add_argument('--align-memory-only', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--data-dir', default='/work/shared/data/realfaces-dev', help='photos for the align stage')
   parser.add_argument('--dfa-path', default=None)
   parser.add_argument('--tfds-dir', default='', help='pipeline stage: a preprocess.py output (default: synthetic)')

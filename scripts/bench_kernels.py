@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pathlib
 import resource
 import statistics
 import subprocess
@@ -43,6 +44,14 @@ def alternate(runners: dict[str, Callable[[], Any]], repeats: int,
 
 
 def peak_rss_mb() -> float:
+  """This process's peak resident memory in MB: VmHWM on Linux (the high-water mark of this program's own memory
+  map; ru_maxrss would also carry a parent's peak across fork + exec), ru_maxrss elsewhere."""
+  try:
+    for line in pathlib.Path('/proc/self/status').read_text().splitlines():
+      if line.startswith('VmHWM:'):
+        return int(line.split()[1]) / 1024  # kB
+  except OSError:
+    pass
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
