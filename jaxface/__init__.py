@@ -5,9 +5,8 @@ XLA:CPU flag to `XLA_FLAGS` (Eigen convolutions instead of YNNPACK, twice as fas
 """
 from __future__ import annotations
 
-import importlib
-
 from jaxface import xla_cpu as _xla_cpu
+from jaxface._lazy import lazy_getattr
 
 _xla_cpu.configure()  # before any JAX backend starts: XLA:CPU's Eigen convolutions (see jaxface/xla_cpu.py)
 
@@ -20,9 +19,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-  if name in _LAZY:
-    return getattr(importlib.import_module(_LAZY[name]), name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+__getattr__ = lazy_getattr(__name__, _LAZY)

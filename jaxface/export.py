@@ -56,21 +56,16 @@ class ExportError(ValueError):
 def serving_function(model, input_size: int, flip_tta: bool = False) -> Callable[[dict, Any], tuple]:
   """(variables, faces (N, 112, 112, 3) uint8) -> (unit embedding (N, D) float32, fake logit (N,) float32).
 
-  The same computation as `jaxface.inference.compiled_forward` (the to_model_input normalisation, flip TTA summing
-  the two views' un-normalised embeddings) plus the L2 normalisation, but not jitted: an exporter traces it fresh, so
-  a program that `compiled_forward` traced earlier in the process (with the CPU routes) is never reused.
+  `jaxface.inference.forward_fn`, the one forward of the project (the to_model_input normalisation, flip TTA summing
+  the two views' un-normalised embeddings), plus the L2 normalisation; not jitted: an exporter traces it fresh, so a
+  program that `compiled_forward` traced earlier in the process (with the CPU routes) is never reused.
   """
-  from jaxface.inference import to_model_input  # pylint: disable=import-outside-toplevel
+  from jaxface.inference import forward_fn  # pylint: disable=import-outside-toplevel
+  network = forward_fn(model, flip_tta, input_size)
 
   def forward(variables, faces):
-    images = to_model_input(faces, input_size)
-    outputs = model.apply(variables, images, train=False)
-    embedding, fake_logit = outputs['embedding'], outputs['fake_logit']
-    if flip_tta:
-      flipped = model.apply(variables, images[:, :, ::-1, :], train=False)
-      embedding = embedding + flipped['embedding']
-      fake_logit = 0.5 * (fake_logit + flipped['fake_logit'])
-    return scoring.l2_normalize(embedding.astype(jnp.float32)), fake_logit.astype(jnp.float32)
+    embedding, fake_logit = network(variables, faces)
+    return scoring.l2_normalize(embedding), fake_logit
 
   return forward
 

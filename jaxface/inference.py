@@ -55,14 +55,12 @@ def build_inference_model(model_config):
   return build_model(model_config)
 
 
-@functools.lru_cache(maxsize=8)
-def compiled_forward(model, flip_tta: bool, input_size: int):
-  """jit-compiled (variables, faces (B, H, W, 3) uint8 or float32) -> (embedding (B, D), fake_logit (B,)) float32.
+def forward_fn(model, flip_tta: bool, input_size: int):
+  """(variables, faces (B, H, W, 3) uint8 or float32) -> (embedding (B, D), fake_logit (B,)) float32, not jitted.
 
   The embedding is un-normalised; with `flip_tta` it is the sum of the embeddings of the face and its mirror image
   (each view weighted by its norm, its quality, as AdaFace validates) and the fake logit is the mean of both views'.
-  Cached per (model, flip_tta, input_size): Flax modules compare by their fields, so networks of one architecture (a
-  validation in training, an evaluation and a verification in one process, tests) share compiled programs.
+  A fresh function each call: `compiled_forward` jits it once per model, `jaxface.export` traces it anew.
   """
 
   def forward(variables, faces):
@@ -75,7 +73,15 @@ def compiled_forward(model, flip_tta: bool, input_size: int):
       fake_logit = 0.5 * (fake_logit + flipped['fake_logit'])
     return embedding.astype(jnp.float32), fake_logit.astype(jnp.float32)
 
-  return jax.jit(forward)
+  return forward
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_forward(model, flip_tta: bool, input_size: int):
+  """`forward_fn` under jax.jit, cached per (model, flip_tta, input_size): Flax modules compare by their fields, so
+  networks of one architecture (a validation in training, an evaluation and a verification in one process, tests)
+  share compiled programs."""
+  return jax.jit(forward_fn(model, flip_tta, input_size))
 
 
 def bucket(count: int, batch_size: int) -> int:

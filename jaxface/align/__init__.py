@@ -6,7 +6,7 @@ AlignResult of 112x112 faces warped onto ARCFACE_TEMPLATE. `template` and `base`
 """
 from __future__ import annotations
 
-import importlib
+from jaxface._lazy import lazy_getattr
 
 _LAZY = {
     'ARCFACE_TEMPLATE': 'jaxface.align.template',
@@ -18,9 +18,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-  if name in _LAZY:
-    return getattr(importlib.import_module(_LAZY[name]), name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+__getattr__ = lazy_getattr(__name__, _LAZY)
