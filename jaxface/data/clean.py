@@ -61,6 +61,7 @@ EXCLUDE_NAME = 'exclude.txt'
 EMBEDDINGS_NAME = 'embeddings.npz'
 SUMMARY_NAME = 'summary.json'
 SHEETS_DIR = 'sheets'
+DUPLICATE_NEIGHBOURS = 4  # nearest photos per photo in the duplicate search (a photo rarely has more copies)
 REPORT_FIELDS = ('kind', 'folder', 'photo', 'other', 'score', 'threshold', 'detail')
 
 
@@ -92,7 +93,8 @@ class CleanParams:
     person at 0.84 or more.
   min_split: photos that do not belong and are connected among themselves in at least this number make the folder
     `mixed` (a second person, with the split proposed) rather than outliers.
-  neighbours: nearest folders (and photos) looked at per folder (photo) in the merge (duplicate) search.
+  neighbours: nearest folders looked at per folder in the merge search (the duplicate search looks at the
+    min(neighbours, 4) nearest photos of each photo).
   """
   edge: float = 0.3
   outlier: float = 0.25
@@ -404,7 +406,10 @@ def analyse(keys: Sequence[str], embeddings: np.ndarray, is_fake: Sequence[int],
     if result.unresolved:
       findings.append(Finding('unresolved', name, other=f'{len(reals)} photos', score=float(np.max(
           (embeddings[reals] @ embeddings[reals].T)[~np.eye(len(reals), dtype=bool)])), threshold=params.edge,
-          detail='no two real photos reach the edge threshold: no identity to keep (review)'))
+          detail='no two real photos reach the edge threshold (nor, with 3 or more, the outlier threshold): no '
+          'identity to keep (review)'))
+      folder_means.append(embeddings[reals].mean(axis=0))  # no core: the folder's merges use all its photos
+      mean_folders.append(name)
     else:
       in_part = {int(i): number for number, part in enumerate(result.parts, 1) for i in part}
       if result.parts:
@@ -420,9 +425,6 @@ def analyse(keys: Sequence[str], embeddings: np.ndarray, is_fake: Sequence[int],
         flagged_rows.append((len(findings) - 1, int(reals[i])))
       core = reals[result.core]
       folder_means.append(embeddings[core].mean(axis=0))
-      mean_folders.append(name)
-    if result.unresolved:  # no core: the folder still takes part in merges through the mean of all its photos
-      folder_means.append(embeddings[reals].mean(axis=0))
       mean_folders.append(name)
   seconds['folders'] = time.perf_counter() - start
 
@@ -453,8 +455,10 @@ def analyse(keys: Sequence[str], embeddings: np.ndarray, is_fake: Sequence[int],
 
   start = time.perf_counter()
   found_duplicates = []
-  pairs, sims = neighbour_pairs(embeddings, min(params.neighbours, 4), seed=seed) if duplicates else (
-      np.zeros((0, 2), np.int64), np.zeros((0,), np.float32))
+  if duplicates:
+    pairs, sims = neighbour_pairs(embeddings, min(params.neighbours, DUPLICATE_NEIGHBOURS), seed=seed)
+  else:
+    pairs, sims = np.zeros((0, 2), np.int64), np.zeros((0,), np.float32)
   for (a, b), score in zip(pairs[sims >= params.duplicate], sims[sims >= params.duplicate]):
     across = folders[a] != folders[b]
     found_duplicates.append((keys[a], keys[b], float(score)))
