@@ -5,23 +5,16 @@ same (embedding, stages) pair, so heads, losses and the trainer treat every back
 """
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxface.models.iresnet import STAGE_CHANNELS, EmbeddingOutput, scaled_channels
-from jaxface.models.layers import Conv, batch_norm
+from jaxface.models.iresnet import EmbeddingOutput, residual_stages, scaled_channels
+from jaxface.models.layers import Conv, EmbeddingNet, ResidualUnit, batch_norm
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(ResidualUnit):
   """He et al.'s post-activation basic block: conv-BN-ReLU-conv-BN + shortcut, ReLU after the sum."""
-  features: int
-  stride: int
-  train: bool = False
-  bn_axis_name: str | None = None
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -38,13 +31,8 @@ class BasicBlock(nn.Module):
     return nn.relu(y + x)
 
 
-class ResNet18(nn.Module):
+class ResNet18(EmbeddingNet):
   """Plain ResNet-18 (2, 2, 2, 2 basic blocks) with the IR nets' stem and embedding output."""
-  width: float = 1.0
-  embedding_dim: int = 512
-  dropout: float = 0.4
-  bn_axis_name: str | None = None
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -52,28 +40,18 @@ class ResNet18(nn.Module):
     x = Conv(scaled_channels(64, self.width), 3, 1, 1, dtype=self.dtype, name='stem_conv')(images.astype(self.dtype))
     x = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, name='stem_bn')(x))
     stages = {'stem': x}
-    index = 0
-    for stage, channels in enumerate(STAGE_CHANNELS):
-      for k in range(2):
-        x = BasicBlock(scaled_channels(channels, self.width), 2 if k == 0 else 1, train, self.bn_axis_name, self.dtype,
-                       name=f'body_{index}')(x)
-        index += 1
-      stages[f'stage{stage + 1}'] = x
+    x, body = residual_stages(x, BasicBlock, (2, 2, 2, 2), self.width, train, self.bn_axis_name, self.dtype)
+    stages.update(body)
     embedding = EmbeddingOutput(self.embedding_dim, self.dropout, train, self.bn_axis_name, self.dtype,
                                 name='output')(x)
     return embedding, stages
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(EmbeddingNet):
   """Four conv-BN-ReLU stages (32/64/128/256 x width, stride 2 each), global average pooling, Dense, BN1d.
 
   The cheapest row of the baseline table: no residuals, no flatten, about 0.52 M parameters at width 1.
   """
-  width: float = 1.0
-  embedding_dim: int = 512
-  dropout: float = 0.4
-  bn_axis_name: str | None = None
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxface.models.layers import Conv, PReLU, batch_norm
+from jaxface.models.layers import Conv, PReLU, ResidualUnit, batch_norm
 
 # Units per stage, as AdaFace's get_blocks(num_layers).
 IR_UNITS = {
@@ -47,13 +47,8 @@ def output_grid(input_size: int) -> int:
   return side
 
 
-class IRUnit(nn.Module):
+class IRUnit(ResidualUnit):
   """One `BasicBlockIR`: pre-activation BN-conv-BN-PReLU-conv-BN plus a subsampling or conv1x1 shortcut."""
-  features: int
-  stride: int
-  train: bool = False
-  bn_axis_name: str | None = None
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -73,6 +68,24 @@ class IRUnit(nn.Module):
     y = Conv(self.features, 3, self.stride, 1, dtype=self.dtype, name='conv2')(y)
     y = bn('bn3')(y)
     return y + shortcut
+
+
+def residual_stages(x: jax.Array, unit: type[ResidualUnit], units: tuple[int, ...], width: float, train: bool,
+                    bn_axis_name: str | None, dtype: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The four residual stages of an IR net or a ResNet (64/128/256/512 x width channels, the first unit of each
+  stage with stride 2), as submodules `body_<i>` of the calling module (call it inside its nn.compact __call__).
+
+  Returns:
+    (the last stage's output, {'stage1': ..., 'stage4': ...}).
+  """
+  stages, index = {}, 0
+  for stage, (count, channels) in enumerate(zip(units, STAGE_CHANNELS)):
+    for k in range(count):
+      x = unit(scaled_channels(channels, width), 2 if k == 0 else 1, train, bn_axis_name, dtype,
+               name=f'body_{index}')(x)
+      index += 1
+    stages[f'stage{stage + 1}'] = x
+  return x, stages
 
 
 class EmbeddingOutput(nn.Module):
@@ -129,13 +142,8 @@ class IResNet(nn.Module):
     x = batch_norm(train, self.bn_axis_name, self.dtype, name='stem_bn')(x)
     x = PReLU(name='stem_prelu')(x)
     stages = {'stem': x}
-    index = 0
-    for stage, (count, channels) in enumerate(zip(self.units, STAGE_CHANNELS)):
-      for k in range(count):
-        x = IRUnit(scaled_channels(channels, self.width), 2 if k == 0 else 1, train, self.bn_axis_name, self.dtype,
-                   name=f'body_{index}')(x)
-        index += 1
-      stages[f'stage{stage + 1}'] = x
+    x, body = residual_stages(x, IRUnit, self.units, self.width, train, self.bn_axis_name, self.dtype)
+    stages.update(body)
     embedding = EmbeddingOutput(self.embedding_dim, self.dropout, train, self.bn_axis_name, self.dtype,
                                 name='output')(x)
     return embedding, stages

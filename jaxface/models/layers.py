@@ -120,3 +120,24 @@ def dtype_from_name(name: str) -> Any:
 
 
 __all__ = ['BatchNorm', 'Conv', 'PReLU', 'batch_norm', 'dtype_from_name']
+
+
+class ResidualUnit(nn.Module):
+  """The attributes every residual unit takes (IR's `IRUnit`, the baselines' `BasicBlock`); subclasses define
+  __call__: (B, H, W, C_in) -> (B, H/stride, W/stride, features)."""
+  features: int
+  stride: int
+  train: bool = False
+  bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
+
+
+class EmbeddingNet(nn.Module):
+  """The attributes of a backbone built by `face_model.build_backbone` (the baselines; IResNet and MobileFaceNet
+  spell theirs out, with their own defaults): channel width multiplier, embedding size, dropout before the embedding,
+  BatchNorm's pmap axis, compute dtype."""
+  width: float = 1.0
+  embedding_dim: int = 512
+  dropout: float = 0.4
+  bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
