@@ -163,6 +163,25 @@ def test_hosts_get_disjoint_examples(dataset):
   assert not seen[0] & seen[1]
 
 
+def test_data_shards_make_the_batch_independent_of_the_process_layout(dataset):
+  """data.num_shards=2: one process with two devices gets, device by device, what two processes with one device each
+  get, from the start and on resuming; the shards are disjoint slices of the split."""
+  cfg = _config(batch_size=8, fake_share=0.5, pseudo_share=0.25)
+  cfg.data.num_shards = 2
+  for start in (0, 3):
+    one = _take(pipeline.train_dataset(dataset, cfg, num_devices=2, start_step=start, process_index=0,
+                                       process_count=1), 3)
+    hosts = [_take(pipeline.train_dataset(dataset, cfg, num_devices=1, start_step=start, process_index=i,
+                                          process_count=2), 3) for i in range(2)]
+    for step, batch in enumerate(one):
+      for key, value in batch.items():
+        assert value.shape[:2] == (2, 4)
+        np.testing.assert_array_equal(value, np.concatenate([hosts[0][step][key], hosts[1][step][key]]), err_msg=key)
+  cfg.data.num_shards = 3
+  with pytest.raises(ValueError, match='num_shards=3 must be a multiple of the 2 processes'):
+    pipeline.train_dataset(dataset, cfg, num_devices=1, process_index=0, process_count=2)
+
+
 def test_pairs_dataset(dataset):
   cfg = _config(image_size=SIZE)
   batches = list(pipeline.pairs_dataset(dataset, 'val', cfg, batch_size=2))

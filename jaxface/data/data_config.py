@@ -11,6 +11,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.shuffle_buffer = 10_000  # encoded examples per stream (about 5 kB each)
   c.parallel_calls = -1    # tf.data.AUTOTUNE
   c.prefetch = 2           # batches
+  c.num_shards = 0         # slices of the train split, each its own stream; 0 = one per process
 
   a = c.augment = ml_collections.ConfigDict()
   a.flip = 0.5

@@ -7,16 +7,23 @@ Reading a prepared dataset, for training and evaluation alike:
     batches = pipeline.train_dataset(dataset, config, num_devices=n, start_step=step, seed=seed)
     pairs = pipeline.pairs_dataset(dataset, 'val', config, batch_size)   # or 'test'
 
-Training data flow (`train_dataset`), per host:
+Training data flow (`train_dataset`), per data shard (`data.num_shards`, default one per process; a process reads
+its `num_shards / process_count` shards, disjoint slices of the split):
 
-  split slice of this host (jax.process_index / process_count)
+  split slice of this shard (tfds.even_splits)
     -> three streams, each file-shuffled, buffer-shuffled and repeated with its own seed, images still JPEG bytes:
        real photos, recorded fakes, pairs of real photos for pseudo-fakes
     -> choose_from_datasets with a stateless per-position choice: `fake_share` of the examples are fakes, of which
        `pseudo_fakes.share` (a share of the whole batch) are made by `pseudofakes.pseudo_fake`
-    -> enumerate, skip(start_step * host batch)         (resume: nothing before here decodes or augments)
-    -> decode, pseudo-fake, augment, resize to the model input size, scale to [-1, 1], each seeded by (seed, host, position)
-    -> batch, reshape to (devices, per_device, ...), prefetch.
+    -> enumerate, skip(start_step * shard batch)        (resume: nothing before here decodes or augments)
+    -> decode, pseudo-fake, augment, resize to the model input size, scale to [-1, 1], each seeded by (seed, shard,
+       position)
+    -> batch (batch_size / num_shards), this process's shards side by side, reshape to (devices, per_device, ...),
+       prefetch.
+
+Shards make the global batch independent of how the devices are hosted: with `data.num_shards=2`, one process with
+two devices and two processes with one device each train on the same examples in the same places (the multi-process
+test relies on it), and a run can resume on another number of processes without changing its data.
 
 Determinism and resumption: every random choice is either a seeded shuffle or a stateless function of the example's
 position in the host's stream, and the parallel maps keep their order, so a run started at step k yields exactly
@@ -163,21 +170,16 @@ def _is_empty(ds: tf.data.Dataset) -> bool:
   return True
 
 
-def train_dataset_tf(source, cfg: ml_collections.ConfigDict, *, num_devices: int, start_step: int = 0,
-                     seed: int = 0, process_index: int | None = None, process_count: int | None = None
-                     ) -> tf.data.Dataset:
-  """The training stream as a tf.data.Dataset of device-shaped batches; see `train_dataset`."""
+def _shard_examples(source, cfg: ml_collections.ConfigDict, *, shard: int, shards: int, skip: int, seed: int
+                    ) -> tf.data.Dataset:
+  """One data shard's endless stream of model-ready examples (not batched): slice `shard` of `shards` of the train
+  split, its examples seeded by (seed, shard, position); the first `skip` are read but not decoded."""
   data = _data_cfg(cfg)
-  source = _source(source, cfg)
-  index, count = _host_info(process_index, process_count)
-  if cfg.batch_size % (count * num_devices):
-    raise ValueError(f'config.batch_size={cfg.batch_size} must divide into {count} hosts x {num_devices} devices')
-  host_batch = cfg.batch_size // count
   size = _record_size(source, 'train')
   image_key = ('image',)
 
   def read(stream: int, keep) -> tf.data.Dataset:
-    ds = _read(source, 'train', shuffle_seed=seed * 7919 + stream, process_index=index, process_count=count,
+    ds = _read(source, 'train', shuffle_seed=seed * 7919 + stream, process_index=shard, process_count=shards,
                skip_decoding=image_key)
     ds = ds.map(_plain(lambda f: {'image': f['image'], 'label': tf.cast(f['label'], tf.int32),
                                   'is_fake': tf.cast(f['is_fake'], tf.int32)}))
@@ -216,13 +218,13 @@ def train_dataset_tf(source, cfg: ml_collections.ConfigDict, *, num_devices: int
 
   choice = tf.data.Dataset.counter().map(_plain(choose))
   ds = tf.data.Dataset.choose_from_datasets(streams, choice).enumerate()
-  ds = ds.skip(start_step * host_batch)
+  ds = ds.skip(skip)
   kind_weights = (float(data.pseudo_fakes.self_blend), float(data.pseudo_fakes.swap), float(data.pseudo_fakes.trace))
   aug = data.augment
   out_size = _image_size(cfg)
 
   def example(position, el):
-    key = tf.random.experimental.stateless_fold_in(tf.constant([seed, index], tf.int64), position)
+    key = tf.random.experimental.stateless_fold_in(tf.constant([seed, shard], tf.int64), position)
     fake_key, aug_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
     image = _decode(el['image'], size)
     if weights[-1] > 0:
@@ -236,8 +238,30 @@ def train_dataset_tf(source, cfg: ml_collections.ConfigDict, *, num_devices: int
     return {'image': to_model_input(image, out_size), 'label': el['label'], 'is_fake': fake,
             'id_mask': 1.0 - tf.cast(fake, tf.float32)}
 
-  ds = ds.map(_plain(example), num_parallel_calls=data.parallel_calls, deterministic=True)
-  ds = ds.batch(host_batch, drop_remainder=True)
+  return ds.map(_plain(example), num_parallel_calls=data.parallel_calls, deterministic=True)
+
+
+def train_dataset_tf(source, cfg: ml_collections.ConfigDict, *, num_devices: int, start_step: int = 0,
+                     seed: int = 0, process_index: int | None = None, process_count: int | None = None
+                     ) -> tf.data.Dataset:
+  """The training stream as a tf.data.Dataset of device-shaped batches; see `train_dataset`."""
+  data = _data_cfg(cfg)
+  source = _source(source, cfg)
+  index, count = _host_info(process_index, process_count)
+  shards = int(data.get('num_shards', 0) or count)
+  if shards % count:
+    raise ValueError(f'config.data.num_shards={shards} must be a multiple of the {count} processes')
+  if cfg.batch_size % (count * num_devices) or cfg.batch_size % shards:
+    raise ValueError(f'config.batch_size={cfg.batch_size} must divide into {count} hosts x {num_devices} devices '
+                     f'and into {shards} data shards')
+  host_batch, shard_batch, local = cfg.batch_size // count, cfg.batch_size // shards, shards // count
+  parts = [_shard_examples(source, cfg, shard=shard, shards=shards, skip=start_step * shard_batch, seed=seed)
+           .batch(shard_batch, drop_remainder=True) for shard in range(index * local, (index + 1) * local)]
+  if local == 1:
+    ds = parts[0]
+  else:  # this host's shards side by side: the global batch is the shards' batches in shard order, however hosted
+    ds = tf.data.Dataset.zip(tuple(parts)).map(
+        _plain(lambda *b: {k: tf.concat([part[k] for part in b], 0) for k in b[0]}))
   per_device = host_batch // num_devices
   ds = ds.map(_plain(lambda b: {k: tf.reshape(v, [num_devices, per_device, *v.shape[1:]]) for k, v in b.items()}))
   return ds.prefetch(data.prefetch).with_options(_options())
@@ -256,7 +280,8 @@ def train_dataset(source, cfg: ml_collections.ConfigDict, *, num_devices: int, s
     num_devices: local devices; batches get a leading axis of this size for pmap.
     start_step: first step to yield; the batches equal those of a fresh run from that step on.
     seed: the run's seed (config.seed): picks the shuffles and every augmentation.
-    process_index, process_count: this host's slice; default jax.process_index() / jax.process_count().
+    process_index, process_count: this host's share of the data shards (`cfg.data.num_shards`, default one per
+      process); default jax.process_index() / jax.process_count().
   Yields:
     {'image': (D, B/D, S, S, 3) float32 in [-1, 1], 'label': (D, B/D) int32, 'is_fake': (D, B/D) int32,
      'id_mask': (D, B/D) float32}, B = batch_size / process_count, S = cfg.model.input_size.
