@@ -9,13 +9,22 @@ A workdir holds:
 - `best/<step>/`: the inference variables of the model with the best fused validation EER, with its scoring
   calibration (fuse strength, threshold at the EER).
 
-Every checkpoint step is an Orbax composite of `state` (arrays) and `meta` (JSON: step, scoring, validation metrics).
-The position in the data is the step itself: the input pipeline is deterministic and resumes at any step.
+Every checkpoint step is an Orbax composite of `state` (arrays) and `meta` (JSON: step, scoring, validation metrics,
+and `state_digest`, a BLAKE2b digest of the arrays). The position in the data is the step itself: the input pipeline is
+deterministic and resumes at any step.
+
+Orbax writes a step into a temporary folder and renames it when complete, so a run killed mid-write leaves no half step
+behind (the temporary folder is ignored and removed). A committed step that was later truncated or tampered with is
+caught by `restore` (Orbax cannot read it, or its arrays do not match the digest); `restore_latest_good`, which
+training resumes with, then moves it to `checkpoints_corrupt/` with one warning line and falls back to the previous step.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import pathlib
+import shutil
 import signal
 import threading
 from typing import Any
@@ -28,10 +37,18 @@ import orbax.checkpoint as ocp
 CONFIG_FILE = 'config.json'
 TRAIN_DIR = 'checkpoints'
 BEST_DIR = 'best'
+CORRUPT_DIR = 'checkpoints_corrupt'
+DIGEST_KEY = 'state_digest'
+
+log = logging.getLogger('jaxface.checkpoints')
 
 
 class CheckpointError(ValueError):
   """A checkpoint that is missing or unusable; the message is one line for the user."""
+
+
+class CorruptCheckpoint(CheckpointError):
+  """A checkpoint step whose files cannot be read back as they were written (truncated, tampered with)."""
 
 
 def save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
@@ -62,8 +79,27 @@ def best_manager(workdir: str | pathlib.Path) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / BEST_DIR, options=options)
 
 
+def digest(state: Any) -> str:
+  """BLAKE2b of every array of a pytree (shape, dtype and bytes, in tree order): what `save` records and `restore`
+  checks, so a step whose files were altered after the write is not trained on."""
+  h = hashlib.blake2b(digest_size=16)
+  for leaf in jax.tree.leaves(state):
+    a = np.asarray(leaf)  # in the dtype JAX restores it as (float64 becomes float32 unless x64 is on)
+    a = np.ascontiguousarray(a.astype(jax.dtypes.canonicalize_dtype(a.dtype), copy=False))
+    h.update(f'{a.dtype.str}{a.shape}'.encode())
+    h.update(a.data)
+  return h.hexdigest()
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
-  """Saves `state` (a pytree of host or single-device arrays) and the JSON `meta` at `step`."""
+  """Saves `state` (a pytree of host or single-device arrays) and the JSON `meta` (with the state's digest) at `step`.
+
+  Returns:
+    Whether a save started (Orbax skips steps off its save interval unless `force`).
+  """
+  if not force and not manager.should_save(step):
+    return False
+  meta = {**meta, DIGEST_KEY: digest(state)}
   return manager.save(
       step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
 
@@ -77,9 +113,89 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
   step = manager.latest_step() if step is None else step
   if step is None:
     raise CheckpointError(f'{manager.directory}: no checkpoint to restore')
-  restored = manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-  return restored.state, dict(restored.meta or {}), step
+  check_structure(manager, step, abstract_state)
+  where = pathlib.Path(manager.directory) / str(step)
+  try:
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  except Exception as error:  # pylint: disable=broad-except  (Orbax and TensorStore raise many kinds on bad files)
+    raise CorruptCheckpoint(f'{where}: unreadable ({type(error).__name__}: {_first_line(error)})') from None
+  meta = dict(restored.meta or {})
+  if DIGEST_KEY in meta and digest(restored.state) != meta[DIGEST_KEY]:
+    raise CorruptCheckpoint(f'{where}: its arrays do not match the digest saved with them (altered after the write)')
+  return restored.state, meta, step
+
+
+def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, dict, int]:
+  """`restore` of the latest step that reads back intact: a corrupt step is logged in one line, moved to
+  `checkpoints_corrupt/` beside the checkpoints (so later saves can reuse its step number) and the previous step is
+  tried. CheckpointError when no step is left, or when the checkpoints hold another model (see `check_structure`)."""
+  while True:
+    step = manager.latest_step()
+    if step is None:
+      raise CheckpointError(f'{manager.directory}: no intact checkpoint left (the corrupt ones are in '
+                            f'{pathlib.Path(manager.directory).parent / CORRUPT_DIR}); start afresh in a new --workdir')
+    try:
+      return restore(manager, abstract_state, step)
+    except CorruptCheckpoint as error:
+      moved = _quarantine(manager, step)
+      previous = manager.latest_step()
+      log.warning('%s; moved to %s, falling back to %s', error, moved,
+                  f'step {previous}' if previous is not None else 'a fresh start')
+
+
+def _quarantine(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
+  directory = pathlib.Path(manager.directory)
+  target = directory.parent / CORRUPT_DIR / str(step)
+  n = 1
+  while target.exists():
+    target, n = directory.parent / CORRUPT_DIR / f'{step}.{n}', n + 1
+  target.parent.mkdir(parents=True, exist_ok=True)
+  shutil.move(str(directory / str(step)), str(target))
+  manager.reload()
+  return target
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return text[0][:200] if text else ''
+
+
+def _key(path) -> str:
+  return jax.tree_util.keystr(path, simple=True, separator='/')
+
+
+def check_structure(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
+  """CheckpointError in one line naming the first array that differs (missing, extra, another shape or dtype) between
+  the checkpoint at `step` and `abstract_state`: a checkpoint of another architecture or config. CorruptCheckpoint
+  when the step's metadata cannot be read."""
+  where = pathlib.Path(manager.directory) / str(step)
+  try:
+    saved = ocp.StandardCheckpointHandler().metadata(where / 'state')
+    saved = getattr(saved, 'item_metadata', saved)
+    jax.tree.leaves(saved)
+  except Exception as error:  # pylint: disable=broad-except
+    raise CorruptCheckpoint(f'{where}: its metadata is unreadable ({type(error).__name__}: {_first_line(error)})'
+                            ) from None
+  problem = mismatch(saved, abstract_state)
+  if problem:
+    raise CheckpointError(f'{where}: holds another model or config ({problem}); use the config it was trained with '
+                          'or a new --workdir')
+
+
+def mismatch(saved: Any, wanted: Any) -> str | None:
+  """The first array that differs between two trees of arrays or array metadata (missing, extra, another shape or
+  dtype), in words, or None when they match. Paths compare as strings: Orbax stores optax's named tuples as dicts."""
+  flat = lambda tree: {_key(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  saved, wanted = flat(saved), flat(wanted)
+  for path, leaf in wanted.items():
+    if path not in saved:
+      return f'{path} is missing there'
+    if tuple(saved[path].shape) != tuple(leaf.shape) or np.dtype(saved[path].dtype) != np.dtype(leaf.dtype):
+      return (f'{path} is {tuple(saved[path].shape)} {np.dtype(saved[path].dtype)} there, '
+              f'{tuple(leaf.shape)} {np.dtype(leaf.dtype)} here')
+  extra = sorted(path for path in saved if path not in wanted)
+  return f'{extra[0]} is not in this one' if extra else None
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int | None = None) -> dict:
@@ -196,8 +312,13 @@ def load_inference(path: str | pathlib.Path) -> tuple[ml_collections.ConfigDict,
     target = abstract({'params': shapes['params'], 'batch_stats': shapes['batch_stats']})
   else:
     # A full training state: restore only the arrays inference needs, whatever the optimiser was.
-    metadata = manager.item_metadata(step or manager.latest_step())
-    target = abstract(metadata['state'] if 'state' in metadata else metadata.state)
+    metadata = ocp.StandardCheckpointHandler().metadata(directory.absolute() / str(step or manager.latest_step())
+                                                         / 'state')
+    target = abstract(getattr(metadata, 'item_metadata', metadata))
+    problem = mismatch(inference_variables(target), {'params': shapes['params'], 'batch_stats': shapes['batch_stats']})
+    if problem:
+      raise CheckpointError(f'{directory}: holds another model than its {workdir / CONFIG_FILE} describes ({problem}); '
+                            'give the workdir it was trained in')
   state, meta, _ = restore(manager, target, step)
   manager.close()
   variables = state if is_best else inference_variables(state)

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import pathlib
+import signal
 import sys
 import time
 from typing import Callable
@@ -43,6 +44,10 @@ from jaxface.models.face_model import build_model
 from jaxface.models.heads import AdaFaceHead
 
 log = logging.getLogger('jaxface.train')
+
+# Test-only hook: the run sends itself SIGTERM right after this step trains (before it is saved), so a test can hit a
+# checkpoint step exactly (scripts/chaos.py, tests/test_train.py).
+SIGTERM_AT_STEP_ENV = 'JAXFACE_SIGTERM_AT_STEP'
 
 class TrainingDiverged(RuntimeError):
   """Too many non-finite losses in a row."""
@@ -215,10 +220,16 @@ def _unreplicate(tree):
 
 
 class _MetricWriter:
-  """Metrics to `metrics.jsonl` and TensorBoard event files in the workdir (process 0 only)."""
+  """Metrics to `metrics.jsonl` and TensorBoard event files in the workdir (process 0 only).
 
-  def __init__(self, workdir: pathlib.Path):
+  A run resumed at step S first truncates `metrics.jsonl` to the lines of steps <= S: the steps after the checkpoint
+  it resumes from are trained (and logged) again, so each step appears once, with the values of the run that kept it.
+  """
+
+  def __init__(self, workdir: pathlib.Path, start_step: int = 0):
     self.enabled = jax.process_index() == 0
+    if self.enabled:
+      _truncate_metrics(workdir / 'metrics.jsonl', start_step)
     self._jsonl = open(workdir / 'metrics.jsonl', 'a') if self.enabled else None
     self._tb = None
     if self.enabled:
@@ -244,6 +255,22 @@ class _MetricWriter:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _truncate_metrics(path: pathlib.Path, last_step: int) -> None:
+  """Keeps the lines of steps <= last_step (and drops a line cut short by a kill), atomically."""
+  if not path.is_file():
+    return
+  kept = []
+  for line in path.read_text().splitlines():
+    try:
+      if json.loads(line)['step'] <= last_step:
+        kept.append(line + '\n')
+    except (ValueError, KeyError, TypeError):
+      continue
+  tmp = path.with_name(f'.{path.name}.tmp')
+  tmp.write_text(''.join(kept))
+  os.replace(tmp, path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,7 +303,7 @@ def _initial_state(config: ml_collections.ConfigDict, workdir: pathlib.Path, sta
   """The state to start from: the latest checkpoint of the workdir, else `state` with the pretrained backbone grafted
   in (config.init_from); a fresh run also writes its config beside the checkpoints."""
   if manager.latest_step() is not None:
-    state, _, start = checkpoints.restore(manager, checkpoints.abstract(state))
+    state, _, start = checkpoints.restore_latest_good(manager, checkpoints.abstract(state))
     log.info('Resuming from %s at step %d', manager.directory, start)
     return state
   if config.init_from:
@@ -314,6 +341,8 @@ class _Validator:
     if result['eer_fused'] <= self.best_meta.get('val', {}).get('eer_fused', np.inf):
       self.best_meta = {'step': step, 'val': result,
                         'scoring': {'fuse_strength': result['fuse_strength'], 'threshold': result['threshold']}}
+      if step in self.best.all_steps():  # saved by a run killed before its training checkpoint of this step
+        self.best.delete(step)
       checkpoints.save(self.best, step, variables, self.best_meta, force=True)
     self.last = result
     return result
@@ -362,16 +391,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                           axis_name='batch', donate_argnums=(0,))
   rstate = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (plan.num_devices,) + np.shape(x)), state)
   batches = pipeline.train_dataset(dataset, config, num_devices=plan.num_devices, start_step=step, seed=config.seed)
-  writer = _MetricWriter(workdir)
+  writer = _MetricWriter(workdir, start_step=step)
   validate = _Validator(model, dataset, config, workdir, writer)
   progress = _progress(plan.total_steps, step, config)
   summaries, t0 = [], time.time()
+  sigterm_at = int(os.environ.get(SIGTERM_AT_STEP_ENV, '0') or 0)
   try:
     with checkpoints.Preemption() as preemption:
       while step < plan.total_steps:
         rstate, summary = p_train_step(rstate, next(batches))
         summaries.append(summary)
         step += 1
+        if step == sigterm_at:
+          os.kill(os.getpid(), signal.SIGTERM)
         last = step == plan.total_steps
         if step % config.log_every == 0 or last:
           scalars = _log_summaries(summaries, step, rstate, config, manager, time.time() - t0)

@@ -77,3 +77,91 @@ def test_missing_checkpoint_is_one_line(tmp_path):
   (tmp_path / 'empty').mkdir()
   with pytest.raises(checkpoints.CheckpointError, match='not a jaxface checkpoint'):
     checkpoints.load_inference(tmp_path / 'empty')
+
+
+def _small_state(seed: int) -> dict:
+  rng = np.random.default_rng(seed)
+  return {'step': np.int32(seed), 'params': {'w': rng.normal(size=(64, 64)).astype(np.float32),
+                                             'b': rng.normal(size=(64,)).astype(np.float32)}}
+
+
+def _abstract(state):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), state)
+
+
+def _saved_twice(tmp_path):
+  manager = checkpoints.train_manager(tmp_path, save_every=1, keep=3)
+  for step in (1, 2):
+    checkpoints.save(manager, step, _small_state(step), {'step': step, 'scoring': {'threshold': 0.5}}, force=True)
+  manager.wait_until_finished()
+  return manager
+
+
+def _largest_file(step_dir):
+  return max((p for p in step_dir.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize('damage', ['flip', 'truncate', 'meta'])
+def test_damaged_step_is_one_line_and_falls_back(tmp_path, caplog, damage):
+  """A committed step altered afterwards (bytes flipped, a file cut short, the JSON meta broken) is not restored: one
+  warning line, the step moves to checkpoints_corrupt/, and the previous step comes back intact."""
+  manager = _saved_twice(tmp_path)
+  step_dir = tmp_path / 'checkpoints' / '2'
+  if damage == 'meta':
+    target = next(p for p in (step_dir / 'meta').rglob('*') if p.is_file())
+    target.write_text('{"step": 2, "sco')
+  else:
+    target = _largest_file(step_dir / 'state')
+    blob = bytearray(target.read_bytes())
+    if damage == 'flip':
+      middle = len(blob) // 2
+      blob[middle:middle + 16] = bytes(b ^ 0x5A for b in blob[middle:middle + 16])
+    else:
+      blob = blob[:len(blob) // 2]
+    target.write_bytes(bytes(blob))
+  with caplog.at_level('WARNING', logger='jaxface.checkpoints'):
+    state, meta, step = checkpoints.restore_latest_good(manager, _abstract(_small_state(1)))
+  manager.close()
+  assert step == 1 and meta['step'] == 1 and meta['scoring'] == {'threshold': 0.5}
+  jax.tree.map(np.testing.assert_array_equal, state, _small_state(1))
+  lines = [r.getMessage() for r in caplog.records if r.name == 'jaxface.checkpoints']
+  assert len(lines) == 1 and '\n' not in lines[0] and lines[0].startswith(f'{step_dir}: '), lines
+  assert 'falling back to step 1' in lines[0]
+  assert (tmp_path / checkpoints.CORRUPT_DIR / '2').is_dir() and not step_dir.exists()
+
+
+def test_another_architecture_is_one_line_naming_the_mismatch(tmp_path):
+  manager = _saved_twice(tmp_path)
+  other = _small_state(1)
+  other['params']['w'] = other['params']['w'][:32]
+  with pytest.raises(checkpoints.CheckpointError) as info:
+    checkpoints.restore_latest_good(manager, _abstract(other))
+  message = str(info.value)
+  assert '\n' not in message and 'params/w is (64, 64) float32 there, (32, 64) float32 here' in message, message
+  other = {**_small_state(1), 'params': {'w': _small_state(1)['params']['w']}}
+  with pytest.raises(checkpoints.CheckpointError, match='params/b is not in this one'):
+    checkpoints.restore(manager, _abstract(other))
+  manager.close()
+  assert (tmp_path / 'checkpoints' / '2').is_dir()  # a config mismatch is not corruption: nothing is moved
+
+
+def test_inference_from_a_workdir_whose_config_describes_another_model(tmp_path):
+  config = _config()
+  _, variables = _variables(config)
+  checkpoints.save_config(tmp_path, config)
+  manager = checkpoints.train_manager(tmp_path, save_every=1, keep=1)
+  checkpoints.save(manager, 3, {'step': np.int32(3), 'params': {'model': variables['params']},
+                                'batch_stats': variables['batch_stats']}, {'step': 3}, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  config.model.width = 0.25
+  checkpoints.save_config(tmp_path, config)
+  with pytest.raises(checkpoints.CheckpointError) as info:
+    checkpoints.load_inference(tmp_path)
+  assert '\n' not in str(info.value) and 'holds another model than its' in str(info.value)
+  assert ' there, ' in str(info.value) and ' here' in str(info.value)
+  best = checkpoints.best_manager(tmp_path)
+  checkpoints.save(best, 3, dict(variables), {'step': 3}, force=True)
+  best.close()
+  with pytest.raises(checkpoints.CheckpointError, match=r'best/3: holds another model or config \('):
+    checkpoints.load_inference(tmp_path)

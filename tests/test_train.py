@@ -246,3 +246,33 @@ def test_run_records_the_aligner_its_dataset_was_aligned_with(tmp_path, monkeypa
   assert config.data.aligner == 'none'
   assert pipeline.open_prepared(config) is dataset  # what train_and_evaluate reads its data through
   assert config.data.aligner == 'mtcnn' and config.data.aligner_path == ''
+
+
+@pytest.mark.slow
+def test_sigterm_exactly_on_a_checkpoint_step_saves_once_and_exits_143(tmp_path, cache):
+  """SIGTERM on a step the regular save has just written (step 4 of checkpoint_every=4, then the last step) used to
+  save it twice (Orbax's StepAlreadyExistsError, a traceback, exit 1). The run signals itself through the test hook
+  JAXFACE_SIGTERM_AT_STEP right after the step trains, so the timing is exact. A resume with another model width is
+  refused in one line naming the mismatch."""
+  from jaxface import checkpoints, train  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / 'run'
+  args = ['--workdir', str(workdir), *TINY, '--config.num_steps=8', '--config.checkpoint_every=4',
+          '--config.eval_every=4']
+  manager = lambda: checkpoints.train_manager(workdir, save_every=4, keep=2)
+  for step in (4, 8):  # a checkpoint step, then the last step (always saved)
+    result = _run(args, dict(_env(cache), **{train.SIGTERM_AT_STEP_ENV: str(step)}), timeout=900)
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+    assert (f'SIGTERM: saved the checkpoint at step {step} in {(workdir / "checkpoints").absolute()}; rerun the same '
+            'command to resume') in result.stderr
+    m = manager()
+    meta = checkpoints.read_meta(m, step)
+    m.close()
+    assert meta['step'] == step and 'fuse_strength' in meta['scoring'] and 'threshold' in meta['scoring'], meta
+  assert 'Resuming from' in result.stderr and 'at step 4' in result.stderr
+
+  result = _run([*args, '--config.model.width=0.25'], _env(cache), timeout=900)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'error: {(workdir / "checkpoints").absolute()}/8: holds another model or config ('), last
+  assert ' there, ' in last and ' here); use the config it was trained with or a new --workdir' in last, last
