@@ -43,6 +43,15 @@ from jaxface.verify import FaceVerifier, VerifyError
 # Scoring pairs from a challenge folder or from TFDS.
 
 
+class UnreadablePhotos(VerifyError):
+  """Photos of test pairs that cannot be read: `lines` holds one line per photo, naming it and what to do."""
+
+  def __init__(self, lines: list[str], pairs_dir: pathlib.Path):
+    self.lines = lines
+    super().__init__(f'{pairs_dir}: {len(lines)} unreadable photo(s), listed above; fix or replace them (every pair '
+                     'needs a score, so no submission was written)')
+
+
 def _labels_for(pair_ids: Sequence[str], labels: dict | None) -> dict[str, np.ndarray]:
   """Label, kind and per-photo is_fake arrays for pairs, from read_labels' {pair_id: PairLabel}."""
   found = [labels.get(pair_id) if labels else None for pair_id in pair_ids]
@@ -67,7 +76,7 @@ def score_folder(verifier: FaceVerifier, data_dir, labels: dict | None = None, *
     limit: score only the first `limit` pairs (quick checks).
 
   Raises:
-    jaxface.data.challenge.ImageReadError: an unreadable photo (one line naming it).
+    UnreadablePhotos: photos that cannot be read (all of them, one line each); the others are read and aligned first.
   """
   from jaxface.data import challenge  # pylint: disable=import-outside-toplevel
 
@@ -76,9 +85,19 @@ def score_folder(verifier: FaceVerifier, data_dir, labels: dict | None = None, *
     raise VerifyError(f'{challenge.test_pairs_dir(data_dir)}: no pair folders found '
                       '(expected test_public/<pair_id>/0.jpg and 1.jpg)')
 
+  unreadable: list[str] = []
+
   def prepare(chunk):
-    photos = [pair.path0 for pair in chunk] + [pair.path1 for pair in chunk]
-    faces, found = verifier.align_with_flags(photos, aligned=False)
+    paths = [pair.path0 for pair in chunk] + [pair.path1 for pair in chunk]
+    photos = []
+    for path in paths:
+      try:
+        photos.append(challenge.read_photo(path, verifier.max_photo_side)[0])
+      except challenge.ImageReadError as error:
+        unreadable.append(str(error))
+    if len(photos) < len(paths):  # this chunk cannot be scored; the others are still read, to name every bad photo
+      return chunk, None, None
+    faces, found = verifier.align_with_flags(photos, aligned=False, names=[str(path) for path in paths])
     return chunk, faces, found
 
   chunks = [pairs[i:i + batch_pairs] for i in range(0, len(pairs), batch_pairs)]
@@ -91,10 +110,14 @@ def score_folder(verifier: FaceVerifier, data_dir, labels: dict | None = None, *
       if index + 1 < len(chunks):
         pending = pool.submit(prepare, chunks[index + 1])
       count = len(chunk)
+      bar.update(count)
+      if faces is None or unreadable:
+        continue
       pair_ids = [pair.pair_id for pair in chunk]
       parts.append(score_pairs(verifier, faces[:count], faces[count:], pair_ids=pair_ids,
                                face_found0=found[:count], face_found1=found[count:], **_labels_for(pair_ids, labels)))
-      bar.update(count)
+  if unreadable:
+    raise UnreadablePhotos(unreadable, challenge.test_pairs_dir(data_dir))
   return PairScores.concatenate(parts)
 
 
@@ -258,6 +281,10 @@ def evaluate(checkpoint, out_dir, *, data_dir=None, tfds_dir=None, split: str = 
                  'aligner': verifier.aligner_name if data_dir is not None else 'tfds (pre-aligned)',
                  'flip_tta': flip_tta, 'seconds': seconds,
                  'pairs_per_second': len(scores.pair_ids) / max(seconds, 1e-9)})
+  if data_dir is not None:
+    pairs_dir = challenge.test_pairs_dir(data_dir)
+    result['faceless_photos'] = [str(pairs_dir / pair_id / f'{side}.jpg') for side, found in enumerate(
+        (scores.face_found0, scores.face_found1)) for pair_id in np.asarray(scores.pair_ids)[~found]]
   write_outputs(scores, result, out_dir, verifier.fuse_strength)
   return result
 
@@ -301,8 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                       batch_pairs=args.batch_pairs, flip_tta=args.flip_tta, progress=not args.no_progress,
                       limit=args.limit)
   except (VerifyError, DataFormatError, CheckpointError, ConfigError) as error:  # ConfigError: an old dataset layout
+    for line in getattr(error, 'lines', []):
+      print(f'error: {line}', file=sys.stderr)
     print(f'error: {error}', file=sys.stderr)
     return 2
+  for path in result.get('faceless_photos', []):
+    print(f'warning: {path}: no face found, scored from its centre crop (check the photo)', file=sys.stderr)
   print(format_table(result))
   print(f'{result["pairs"]} pairs in {result["seconds"]:.1f} s ({result["pairs_per_second"]:.1f} pairs/s); '
         f'wrote {", ".join(pathlib.Path(p).name for p in result["outputs"])} to {args.out}')

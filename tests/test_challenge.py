@@ -312,5 +312,5 @@ def test_read_photo_bounds_the_longest_side(tmp_path):
   (tmp_path / 'cut.jpg').write_bytes((tmp_path / 'big.jpg').read_bytes()[:400])
   with pytest.raises(challenge.ImageReadError, match='cut.jpg: cannot decode image, truncated or corrupt'):
     challenge.read_photo(tmp_path / 'cut.jpg', max_side=200)
-  with pytest.raises(challenge.ImageReadError, match='nope.jpg: cannot read file'):
+  with pytest.raises(challenge.ImageReadError, match='nope.jpg: no such file'):
     challenge.read_photo(tmp_path / 'nope.jpg', max_side=200)

@@ -44,6 +44,9 @@ NAME = prepared.NAME
 FACE_SIZE = challenge.FACE_SIZE
 REPORT_NAME = 'preprocess_report.json'
 DEFAULT_CACHE_NAME = '_align_cache'
+# Present in OUT/jaxface_faces while prepare() writes the two configs: a dataset found beside it is the partial output of
+# a killed run (faces written, pairs not, say), which the rerun replaces instead of refusing it as existing.
+WRITING_MARKER = '.writing'
 
 
 class PreprocessError(ValueError):
@@ -121,6 +124,7 @@ class AlignedChallenge:
   cache: cache_lib.AlignCache
   statuses: dict[pathlib.Path, stage.PhotoStatus]
   stats: stage.AlignStats
+  listing: list[tuple[pathlib.Path, str]] = dataclasses.field(default_factory=list)  # challenge.listing_problems
 
 
 def align_challenge(data_dir: PathLike, options: BuildOptions, aligner, cache_root: PathLike) -> AlignedChallenge:
@@ -145,7 +149,8 @@ def align_challenge(data_dir: PathLike, options: BuildOptions, aligner, cache_ro
                              [path for pair in test_pairs for path in (pair.path0, pair.path1)]))
   statuses, stats = stage.align_into_cache(paths, aligner, cache, options)
   return AlignedChallenge(data_dir=data_dir, images=images, val_people=val_people, test_pairs=test_pairs,
-                          aligner_meta=aligner_meta, cache=cache, statuses=statuses, stats=stats)
+                          aligner_meta=aligner_meta, cache=cache, statuses=statuses, stats=stats,
+                          listing=challenge.listing_problems(data_dir))
 
 @dataclasses.dataclass
 class SplitPlan:
@@ -176,13 +181,20 @@ def plan_splits(aligned: AlignedChallenge, options: BuildOptions) -> SplitPlan:
                    usable=usable)
 
 
+_REASONS = {'faceless': 'no face found (check the photo, or pass --keep-faceless to keep its centre crop)',
+            'low_score': 'face score below --min-score (check the photo, or lower --min-score)'}
+
+
 def _counts(aligned: AlignedChallenge, split_plan: SplitPlan) -> tuple[dict[str, int], list[dict], list[str]]:
   """(counts by state and of what was skipped, the skipped photos with why, the skipped test pair ids)."""
   statuses = aligned.statuses
   test_paths = {path for pair in aligned.test_pairs for path in (pair.path0, pair.path1)}
-  skipped = [{'path': str(path), 'reason': statuses[path].error or statuses[path].state}
-             for path in statuses if statuses[path].state == 'unreadable'
-             or (path not in test_paths and not split_plan.usable(path))]
+  # meta.json's own problems first: the terminal shows the first ten skipped photos.
+  skipped = [{'path': str(path), 'reason': reason} for path, reason in aligned.listing]
+  skipped += [{'path': str(path), 'reason': statuses[path].error.removeprefix(f'{path}: ')
+               or _REASONS.get(statuses[path].state, '')}
+              for path in statuses if statuses[path].state == 'unreadable'
+              or (path not in test_paths and not split_plan.usable(path))]
   skipped_pairs = sorted({pair.pair_id for pair in aligned.test_pairs} - {pair.pair_id for pair in split_plan.test})
   counts = collections.Counter(status.state for status in statuses.values())
   counts = {state: counts[state] for state in stage.STATES}
@@ -369,7 +381,7 @@ def _clear_target(out: pathlib.Path, overwrite: bool) -> None:
   """Removes the datasets prepare() writes (of either layout) when overwriting, and an interrupted run's leftovers."""
   existing = [path for path in [prepared.dataset_dir(out, config) for config in prepared.CONFIG_SPLITS]
               + prepared.old_layout_dirs(out) if path.exists()]
-  if existing and not overwrite:
+  if existing and not overwrite and not (out / NAME / WRITING_MARKER).exists():
     raise PreprocessError(f'{existing[0]}: dataset already exists (pass --overwrite to rebuild it from the align '
                           'cache, or give another --out)')
   for path in existing:
@@ -411,6 +423,9 @@ def prepare(data_dir: PathLike, out: PathLike, options: BuildOptions | None = No
   tfds.disable_progress_bar()  # our own bar counts photos; TFDS's would count examples again
   aligned = align_challenge(data_dir, options, aligner or make_aligner(options), cache_dir)
   report, splits = {}, {}
+  marker = out / NAME / WRITING_MARKER
+  marker.parent.mkdir(parents=True, exist_ok=True)
+  marker.touch()
   for config in prepared.CONFIG_SPLITS:
     builder = JaxfaceFaces(config=config, data_dir=str(out), options=options, aligned=aligned)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -422,4 +437,5 @@ def prepare(data_dir: PathLike, out: PathLike, options: BuildOptions | None = No
   report['seconds'] = round(time.perf_counter() - start, 3)
   out.mkdir(parents=True, exist_ok=True)
   _write_json(out / REPORT_NAME, report)
+  marker.unlink()
   return report

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -158,6 +159,8 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
   except UnidentifiedImageError:
     raise ImageReadError(f'{name}: cannot decode image, not a format Pillow recognises ({len(data)} bytes starting '
                          f'{data[:8]!r}) (replace it with a JPEG or PNG)') from None
+  except Image.DecompressionBombError as error:
+    raise _bomb_error(name, error) from None
   except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
     raise ImageReadError(f'{name}: cannot decode image, truncated or corrupt ({_one_line(error)}) '
                          '(re-copy the file or remove it and its meta.json entry)') from None
@@ -181,9 +184,22 @@ def load_rgb(path: PathLike) -> np.ndarray:
 def _read_bytes(path: PathLike) -> bytes:
   try:
     return pathlib.Path(path).read_bytes()
+  except FileNotFoundError:
+    what = 'a symlink to nothing' if pathlib.Path(path).is_symlink() else 'no such file'
+    raise ImageReadError(f'{path}: {what} (restore the photo, or remove it from meta.json / its pair)') from None
+  except IsADirectoryError:
+    raise ImageReadError(f'{path}: a folder where a photo should be (replace it with the image file)') from None
   except OSError as error:
+    if error.errno == errno.ELOOP:
+      raise ImageReadError(f'{path}: a symlink loop (point the link at the image file, or replace it with the file)'
+                           ) from None
     raise ImageReadError(f'{path}: cannot read file ({_one_line(error)}) '
                          '(check the path and its permissions)') from None
+
+
+def _bomb_error(name: str, error: BaseException) -> ImageReadError:
+  return ImageReadError(f'{name}: refused as a decompression bomb ({_one_line(error)}) (replace it with a photo of '
+                        'normal size)')
 
 
 def read_photo(path: PathLike, max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -212,6 +228,8 @@ def read_photo(path: PathLike, max_side: int) -> tuple[np.ndarray, tuple[int, in
           img.draft('RGB', (math.ceil(width * scale), math.ceil(height * scale)))
           img.load()  # a truncated file fails here
           photo, shape = np.asarray(ImageOps.exif_transpose(img).convert('RGB'), np.uint8), (height, width)
+    except Image.DecompressionBombError as error:
+      raise _bomb_error(str(path), error) from None
     except Exception as error:  # pylint: disable=broad-except  (Pillow raises many kinds)
       raise ImageReadError(f'{path}: cannot decode image, truncated or corrupt ({_one_line(error)}) '
                            '(re-copy the file or remove it and its meta.json entry)') from None
@@ -302,15 +320,30 @@ def read_meta(data_dir: PathLike) -> dict[str, int]:
 def list_train_images(data_dir: PathLike) -> list[TrainImage]:
   """Lists the training photos named in meta.json that exist on disk, sorted by (person_id, rel_path).
 
-  Keys whose file is missing are skipped (`python -m jaxface.data.check` reports them).
+  Keys whose file is missing are skipped (`listing_problems` and `python -m jaxface.data.check` report them); a folder
+  or a symlink where a photo should be is listed, so that reading it says what it is.
   """
   images_dir = train_images_dir(data_dir)
   images = []
   for rel_path, is_fake in read_meta(data_dir).items():
     path = images_dir / rel_path
-    if path.is_file():
+    if path.exists() or path.is_symlink():
       images.append(TrainImage(person_id=rel_path.split('/')[0], rel_path=rel_path, path=path, is_fake=int(is_fake)))
   return sorted(images, key=lambda image: (image.person_id, image.rel_path))
+
+
+def listing_problems(data_dir: PathLike) -> list[tuple[pathlib.Path, str]]:
+  """(path, what is wrong and what to do) for each meta.json key without a file and each photo without a key."""
+  images_dir = train_images_dir(data_dir)
+  meta = read_meta(data_dir)
+  problems = [(images_dir / key, 'named in meta.json but missing (restore it or drop the key)')
+              for key in sorted(meta) if not (images_dir / key).exists() and not (images_dir / key).is_symlink()]
+  if images_dir.is_dir():
+    for person_dir in sorted(p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith('.')):
+      for entry in sorted(person_dir.iterdir()):
+        if not entry.name.startswith('.') and f'{person_dir.name}/{entry.name}' not in meta:
+          problems.append((entry, 'not in meta.json, so not used (add its key with 0 or 1, or remove the file)'))
+  return problems
 
 
 def list_test_pairs(data_dir: PathLike) -> list[TestPair]:

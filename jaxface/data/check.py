@@ -97,6 +97,7 @@ def _check_train(data_dir: pathlib.Path, report: Report) -> list[pathlib.Path]:
     report.problems.append(f'{images_dir}: missing (train/ needs images/<person>/<k>.jpg)')
     return []
   on_disk: set[str] = set()
+  listed = meta_and_keys[1] if meta_and_keys is not None else set()
   people = 0
   for person_dir in sorted(images_dir.iterdir()):
     if person_dir.name.startswith('.'):
@@ -109,7 +110,7 @@ def _check_train(data_dir: pathlib.Path, report: Report) -> list[pathlib.Path]:
     if not entries:
       report.problems.append(f'{person_dir}: empty person folder (remove it or add its photos)')
     for entry in entries:
-      if entry.is_dir():
+      if entry.is_dir() and f'{person_dir.name}/{entry.name}' not in listed:  # a listed one is decoded: one line
         report.problems.append(f'{entry}: a folder inside a person folder (photos must be <person>/<k>.jpg)')
       else:
         on_disk.add(f'{person_dir.name}/{entry.name}')
@@ -138,7 +139,7 @@ def _check_test(data_dir: pathlib.Path, report: Report) -> tuple[list[pathlib.Pa
   files = []
   for pair in pairs:
     for path in (pair.path0, pair.path1):
-      if path.is_file():
+      if path.is_file() or path.is_dir() or path.is_symlink():  # a folder or a symlink loop: decoding says which
         files.append(path)
       else:
         report.problems.append(f'{path}: missing from pair folder {pair.pair_id} (each pair needs 0.jpg and 1.jpg)')
