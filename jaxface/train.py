@@ -35,6 +35,7 @@ import optax
 from jaxface import checkpoints
 from jaxface import inference
 from jaxface import convert
+from jaxface import distributed
 from jaxface import losses
 from jaxface import optim
 from jaxface import metrics as metrics_lib
@@ -189,7 +190,8 @@ def validate_pairs(model, variables: dict, pairs, *, input_size: int, batch_size
   parts = [inference.score_pairs(network, batch['image0'], batch['image1'], labels=batch['label'],
                                  kinds=batch['kind'], is_fake0=batch.get('is_fake0'), is_fake1=batch.get('is_fake1'))
            for batch in pairs]
-  result = metrics_lib.pair_metrics(inference.PairScores.concatenate(parts))
+  # Each process scored its slice of the pairs; all of them compute the metrics on all the pairs (same best step).
+  result = metrics_lib.pair_metrics(distributed.gather_dataclass(inference.PairScores.concatenate(parts)))
   nan = float('nan')
   fused, cosine = result.get('fused', {}), result.get('cosine', {})
   return {
@@ -210,9 +212,9 @@ def validate_pairs(model, variables: dict, pairs, *, input_size: int, batch_size
 
 
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
-  """Joins a multi-host job when the config or the environment (a coordinator address) asks for it."""
-  if config.get('distributed') or os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    jax.distributed.initialize()
+  """Joins a multi-host job when the config or the environment (a coordinator address) asks for it (see
+  `jaxface.distributed.initialize`)."""
+  distributed.initialize(config)
 
 
 def _unreplicate(tree):
@@ -309,7 +311,8 @@ def _initial_state(config: ml_collections.ConfigDict, workdir: pathlib.Path, sta
   if config.init_from:
     state = graft_pretrained(state, config)
     log.info('Backbone initialised from %s', config.init_from)
-  checkpoints.save_config(workdir, config)
+  if jax.process_index() == 0:
+    checkpoints.save_config(workdir, config)
   return state
 
 
@@ -330,7 +333,8 @@ class _Validator:
   def __call__(self, step: int, variables: dict) -> dict:
     from jaxface.data import pipeline  # pylint: disable=g-import-not-at-top
     config = self.config
-    pairs = pipeline.pairs_dataset(self.dataset, 'val', config, config.eval_batch_size)
+    pairs = pipeline.pairs_dataset(self.dataset, 'val', config, config.eval_batch_size,
+                                   process_index=jax.process_index(), process_count=jax.process_count())
     result = validate_pairs(self.model, variables, pairs, input_size=config.model.input_size,
                             batch_size=2 * config.eval_batch_size)
     self.writer.write(step, {f'val_{k}': v for k, v in result.items()})
@@ -376,7 +380,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   maybe_initialize_distributed(config)
-  dataset = pipeline.open_prepared(config)  # generates the synthetic set on first use; adopts the dataset's aligner
+  # Generates the synthetic set on first use (process 0 first, the others then read it); adopts the dataset's aligner.
+  dataset = distributed.primary_first(lambda: pipeline.open_prepared(config))
   plan = _plan(config, dataset)
 
   model = build_model(config.model)
@@ -387,8 +392,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   state = _initial_state(config, workdir, create_train_state(model, head, tx, config, jax.random.PRNGKey(config.seed)),
                          manager)
   step = int(state['step'])
-  p_train_step = jax.pmap(functools.partial(train_step, model=model, head=head, tx=tx, config=config, lr_fn=lr_fn),
-                          axis_name='batch', donate_argnums=(0,))
+  # The step also all-reduces each process's SIGTERM flag: every process stops at the same step (distributed.py).
+  p_train_step = jax.pmap(distributed.with_stop_vote(functools.partial(
+      train_step, model=model, head=head, tx=tx, config=config, lr_fn=lr_fn)), axis_name='batch', donate_argnums=(0,))
   rstate = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (plan.num_devices,) + np.shape(x)), state)
   batches = pipeline.train_dataset(dataset, config, num_devices=plan.num_devices, start_step=step, seed=config.seed)
   writer = _MetricWriter(workdir, start_step=step)
@@ -399,7 +405,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   try:
     with checkpoints.Preemption() as preemption:
       while step < plan.total_steps:
-        rstate, summary = p_train_step(rstate, next(batches))
+        rstate, summary, votes = p_train_step(rstate, next(batches),
+                                              distributed.stop_flags(preemption.requested, plan.num_devices))
         summaries.append(summary)
         step += 1
         if step == sigterm_at:
@@ -415,7 +422,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           validate(step, checkpoints.inference_variables(_unreplicate(rstate)))
         meta = {'step': step, 'scoring': validate.scoring}
         saved = checkpoints.save(manager, step, _unreplicate(rstate), meta, force=last)
-        if preemption.requested:
+        if distributed.should_stop(preemption.requested, votes, step):  # SIGTERM on any process: all save this step
           if not saved:  # a SIGTERM on a step just saved (the last one, say) must not save it twice: Orbax refuses
             checkpoints.save(manager, step, _unreplicate(rstate), meta, force=True)
           manager.wait_until_finished()
