@@ -150,8 +150,12 @@ def _quarantine(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
   n = 1
   while target.exists():
     target, n = directory.parent / CORRUPT_DIR / f'{step}.{n}', n + 1
-  target.parent.mkdir(parents=True, exist_ok=True)
-  shutil.move(str(directory / str(step)), str(target))
+  if jax.process_index() == 0:  # one host moves it (the folder is shared); the others wait, then see it gone
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(directory / str(step)), str(target))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(f'jaxface quarantine step {step}')
   manager.reload()
   return target
 
