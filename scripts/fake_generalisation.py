@@ -1,0 +1,406 @@
+r"""Does the fake head generalise? Leave-one-source-out over every fake source, laundered test photos, shortcut probes.
+
+    python scripts/fake_generalisation.py --quick --out runs/fakegen-quick      # under 5 min on the 2-core CPU
+    python scripts/fake_generalisation.py --out runs/fakegen                     # the benchmark (baseline recipe)
+    python scripts/fake_generalisation.py --out runs/fakegen --ablate            # + the item-3 recipes (cached inputs)
+
+Photos: realfaces-dev (ORL, Yale, LFW reals; LFW face swaps = its 250 px fakes, StyleGAN3 = its 256 px fakes) and
+realfaces-train (celeba_wild, celeba_aligned, ffhq_real reals; StyleGAN2 fakes), from their train/ folders, at most
+--per-source photos of each source (seeded), aligned with the MTCNN landmarks of the align caches that
+scripts/preprocess.py wrote (photos the cache lacks or where no face was found are left out). Pseudo-fakes
+(`jaxface.data.pseudofakes`: self_blend, swap, trace) are made from the aligned real faces: one per real photo for
+training (kinds in turn), and one of each kind from half of the celeba_wild people for testing.
+
+Rows, one per held-out fake source, each with held-out real sources; the head trains on everything else (no photo of
+the held-out sources, no pseudo-fake made from a held-out real source) and is tested on the held-out fakes against
+the held-out reals:
+    lfw_swap vs lfw_real | stylegan3 vs ffhq_real | stylegan2 vs ffhq_real | self_blend, swap, trace vs celeba_wild
+Laundered table: the same test photos (reals and fakes alike) resized x0.5 / x1.5, JPEG 50 / 75, blur sigma 1,
+greyscale (`jaxface.data.launder`); recorded photos are laundered as files and re-aligned with their landmarks
+(scaled with the photo), pseudo-fake rows launder the aligned faces of reals and fakes alike. Probes: AUC of trivial
+detectors (side, saturation, JPEG luminance table, file size) on the original files of each test set (a pseudo-fake's
+file is its base photo's). The head: `jaxface.fakebench` (the project's FakeHead on a frozen pretrained MobileFaceNet,
+runs/mbf_ms1m_init, which never saw any of these fakes). Inputs are cached in --out/inputs.npz.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from jaxface.align import template  # noqa: E402  pylint: disable=wrong-import-position
+from jaxface.align.cache import AlignCache  # noqa: E402  pylint: disable=wrong-import-position
+from jaxface.data import launder as launder_lib  # noqa: E402  pylint: disable=wrong-import-position
+from jaxface.metrics import roc_auc  # noqa: E402  pylint: disable=wrong-import-position
+
+PSEUDO_KINDS = ('self_blend', 'swap', 'trace')
+ROWS = (('lfw_swap', ('lfw_real',)), ('stylegan3', ('ffhq_real',)), ('stylegan2', ('ffhq_real',)),
+        ('self_blend', ('celeba_wild',)), ('swap', ('celeba_wild',)), ('trace', ('celeba_wild',)))
+RECIPES = {  # name -> (fakebench.Recipe fields, balance_sources); --ablate runs them in this order
+    'baseline': ({}, False),
+    'launder_aug': ({'launder_prob': 0.5}, False),
+    'source_balanced': ({}, True),
+    'input_embedding': ({'mode': 'embedding'}, False),
+    'launder_aug+balanced': ({'launder_prob': 0.5}, True),
+    'input_features': ({'mode': 'features'}, False),
+    'budget_x3': ({'steps_x': 3}, False),  # is the fixed budget what holds the head back?
+}
+PROBE_COLUMNS = (*launder_lib.PROBES, 'face_px')
+FACE_JPEG = 95  # what the align cache and the prepared datasets store; every face here is stored the same way
+
+
+@dataclasses.dataclass
+class Item:
+  """One test or training face. `photo` is a file path (recorded photos) or None (the face itself is the photo)."""
+  source: str
+  label: int
+  photo: str | None
+  landmarks: np.ndarray  # in the photo's pixels (the template for face-level items)
+  face: np.ndarray  # (112, 112, 3) uint8
+  probe_file: str  # the original file the shortcut probes read
+  base_source: str  # the real source a pseudo-fake is made from; the item's own source otherwise
+  role: str = 'pool'  # 'pool' | 'test_real' (celeba_wild half A) | 'test_fake' (pseudo-fakes of half B) | 'base'
+  face_px: float = 0.0  # eye distance in the original photo's pixels (the base photo's for a pseudo-fake)
+
+
+def _jpeg_face(face: np.ndarray) -> np.ndarray:
+  return launder_lib.jpeg(face, FACE_JPEG)
+
+
+def _align(photo: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+  matrix = template.similarity_transform(landmarks, template.template_for_size(112))
+  return _jpeg_face(template.warp_face(photo, matrix, 112))
+
+
+def _open_cache(root: pathlib.Path) -> AlignCache:
+  found = sorted(root.glob('mtcnn-*/settings.json'))
+  if not found:
+    raise SystemExit(f'{root}: no MTCNN align cache; run scripts/preprocess.py --aligner mtcnn first (its '
+                     'OUT/_align_cache), or scripts/rekey_align_cache.py if the photos were copied again')
+  settings = json.loads(found[0].read_text())
+  return AlignCache(root, settings['aligner'], settings['settings'])
+
+
+def _cached(cache: AlignCache, path: str):
+  """The cached face of a photo; the cache keys the absolute path as spelled, so '<repo>/../shared/...' (what
+  `--data-dir ../shared/...` gives) is tried as well as the plain path."""
+  found = cache.get(path)
+  if found is None and pathlib.Path(path).is_relative_to(ROOT.parent):
+    found = cache.get(ROOT / '..' / pathlib.Path(path).relative_to(ROOT.parent))
+  return found
+
+
+def _source_of(data: str, person_source: str, side: tuple[int, int]) -> str:
+  if data == 'train':
+    return 'stylegan2' if person_source == 'stylegan2_fake' else person_source
+  if person_source.startswith(('orl', 'yale')):
+    return person_source.split('_')[0]
+  if person_source == 'fake':
+    return {250: 'lfw_swap', 256: 'stylegan3'}.get(side[0], f'fake{side[0]}')
+  return person_source
+
+
+def load_items(data_dirs: dict[str, pathlib.Path], caches: dict[str, AlignCache], per_source: int, seed: int
+               ) -> list[Item]:
+  """Up to `per_source` aligned photos of each source (celeba_wild: twice that, for the pseudo-fake test half)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  by_source: dict[str, list[tuple[str, str, int, str]]] = {}
+  for data, folder in data_dirs.items():
+    meta = json.loads((folder / 'train' / 'meta.json').read_text())
+    sources = json.loads((folder / 'train' / 'sources.json').read_text())
+    for key, label in sorted(meta.items()):
+      path = folder / 'train' / 'images' / key
+      person_source = sources[key.split('/')[0]]
+      side = (0, 0)
+      if person_source == 'fake':
+        with Image.open(path) as image:
+          side = image.size
+      source = _source_of(data, person_source, side)
+      by_source.setdefault(source, []).append((str(path), data, int(label), key.split('/')[0]))
+  rng = np.random.default_rng(seed)
+  items = []
+  for source, entries in sorted(by_source.items()):
+    want = per_source * (2 if source == 'celeba_wild' else 1)
+    for index in rng.permutation(len(entries)):
+      path, data, label, person = entries[index]
+      cached = _cached(caches[data], path)
+      if cached is None or not cached.found:
+        continue
+      face = np.asarray(Image.open(io.BytesIO(cached.jpeg)).convert('RGB'))
+      eyes = float(np.linalg.norm(cached.landmarks[1] - cached.landmarks[0]))
+      items.append(Item(source, label, path, cached.landmarks, face, path, source, role=person, face_px=eyes))
+      want -= 1
+      if want == 0:
+        break
+  return _split_celeba_wild(items)
+
+
+def _split_celeba_wild(items: list[Item]) -> list[Item]:
+  """celeba_wild people split in two halves: A (test reals of the pseudo-fake rows), B (bases of their fakes)."""
+  people = sorted({it.role for it in items if it.source == 'celeba_wild'})
+  half_b = set(people[len(people) // 2:])
+  for it in items:
+    if it.source == 'celeba_wild':
+      it.photo, it.landmarks = None, template.template_for_size(112)  # laundered as faces, like their fakes
+      it.role = 'base' if it.role in half_b else 'test_real'
+    else:
+      it.role = 'pool'
+  return items
+
+
+def make_pseudo_fakes(items: list[Item], seed: int) -> list[Item]:
+  """Training pseudo-fakes (one per real pool photo, kinds in turn) and test ones (each kind of every base photo)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf.config.set_visible_devices([], 'GPU')
+  from jaxface.data import pseudofakes  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed + 1)
+  reals = [it for it in items if it.label == 0]
+  by_source: dict[str, list[Item]] = {}
+  for it in reals:
+    by_source.setdefault(it.source, []).append(it)
+  out, counter = [], 0
+
+  def make(kind: str, it: Item, role: str) -> Item:
+    nonlocal counter
+    counter += 1
+    s = tf.constant([seed, counter], tf.int64)
+    if kind == 'swap':
+      pool = [d for d in by_source[it.source] if d is not it and d.role == it.role] or by_source[it.source]
+      donor = pool[rng.integers(len(pool))]
+      face = pseudofakes.swap(it.face, donor.face, s)
+    else:
+      face = getattr(pseudofakes, kind)(it.face, s)
+    return Item(kind, 1, None, template.template_for_size(112), np.asarray(face), it.probe_file, it.source, role,
+                it.face_px)
+
+  for k, it in enumerate(reals):
+    if it.role == 'base':
+      out += [make(kind, it, 'test_fake') for kind in PSEUDO_KINDS]
+    out.append(make(PSEUDO_KINDS[k % 3], it, 'pool'))
+  return out
+
+
+def _photo_of(it: Item) -> np.ndarray:
+  return launder_lib.read_photo(it.photo) if it.photo else it.face
+
+
+def launder_item(it: Item, name: str | None, rng: np.random.Generator | None = None) -> np.ndarray:
+  """The item's face after laundering its photo (`name` of LAUNDERINGS, or None for a random chain)."""
+  photo = _photo_of(it)
+  photo, scale = launder_lib.launder(photo, name) if name else launder_lib.random_launder(photo, rng)
+  return _align(photo, (np.asarray(it.landmarks, np.float64) + 0.5) * scale - 0.5)
+
+
+def build_inputs(items: list[Item], backbone, with_train_launder: bool, seed: int) -> dict[str, object]:
+  """Backbone features of every face: originals, each LAUNDERINGS of the test items, a random laundering of each."""
+  from jaxface import fakebench  # pylint: disable=import-outside-toplevel
+  t0 = time.time()
+  inputs = {'original': fakebench.backbone_features(backbone, np.stack([it.face for it in items]))}
+  print(f'  originals: {len(items)} faces, {time.time() - t0:.0f} s', flush=True)
+  test = np.array([is_test_item(it) for it in items])
+  for name in launder_lib.LAUNDERINGS:
+    t0 = time.time()
+    faces = np.stack([launder_item(items[i], name) for i in np.flatnonzero(test)])
+    inputs[name] = fakebench.backbone_features(backbone, faces)
+    print(f'  {name}: {len(faces)} faces, {time.time() - t0:.0f} s', flush=True)
+  if with_train_launder:
+    t0 = time.time()
+    rng = np.random.default_rng(seed + 2)
+    # Face-level for every item (reals and fakes alike): pseudo-fakes have no photo file.
+    faces = np.stack([launder_item(dataclasses.replace(it, photo=None, landmarks=template.template_for_size(112)),
+                                   None, rng) for it in items])
+    inputs['train_launder'] = fakebench.backbone_features(backbone, faces)
+    print(f'  random laundering for training: {len(faces)} faces, {time.time() - t0:.0f} s', flush=True)
+  inputs['test_index'] = np.flatnonzero(test)
+  return inputs
+
+
+def is_test_item(it: Item) -> bool:
+  """Whether an item is in some row's test set."""
+  if it.role in ('test_real', 'test_fake'):
+    return True
+  return it.role == 'pool' and it.source in {f for f, _ in ROWS[:3]} | {r for _, rs in ROWS[:3] for r in rs}
+
+
+def row_split(items: list[Item], fake: str, reals: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """(train indices, test indices) of one leave-one-source-out row."""
+  pseudo_row = fake in PSEUDO_KINDS
+  train, test = [], []
+  for i, it in enumerate(items):
+    held = it.source == fake or it.source in reals or it.base_source in reals
+    if not held and it.role != 'test_fake':
+      train.append(i)
+    elif pseudo_row and ((it.role == 'test_fake' and it.source == fake) or it.role == 'test_real'):
+      test.append(i)
+    elif not pseudo_row and it.role == 'pool' and (it.source == fake or it.source in reals):
+      test.append(i)
+  return np.array(train), np.array(test)
+
+
+def probe_table(items: list[Item], splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict[str, float]]:
+  """AUC (better direction) of each trivial detector on each row's test set, read off the original files."""
+  cache: dict[str, dict[str, float]] = {}
+  out = {}
+  for fake, (_, test) in splits.items():
+    values = [cache.setdefault(items[i].probe_file, launder_lib.probe_values(items[i].probe_file)) for i in test]
+    labels = np.array([items[i].label for i in test])
+    out[fake] = {p: launder_lib.probe_auc(labels, np.array([v[p] for v in values])) for p in launder_lib.PROBES}
+    # Not a file property but one the head can see: how many photo pixels the face had (sharpness after alignment).
+    out[fake]['face_px'] = launder_lib.probe_auc(labels, np.array([items[i].face_px for i in test]))
+  return out
+
+
+def run_recipe(name: str, items: list[Item], inputs: dict, stem, splits, args) -> dict[str, dict[str, float]]:
+  """Trains one head per row with recipe `name` -> {row: {'original': AUC, laundering: AUC, ...}}."""
+  from jaxface import fakebench  # pylint: disable=import-outside-toplevel
+  fields, balanced = dict(RECIPES[name][0]), RECIPES[name][1]
+  steps = args.steps * fields.pop('steps_x', 1)
+  recipe = fakebench.Recipe(**{'steps': steps, 'batch_size': args.batch_size, 'seed': args.seed, **fields})
+  labels = np.array([it.label for it in items])
+  sources = np.array([it.source for it in items])
+  test_pos = {int(i): k for k, i in enumerate(inputs['test_index'])}
+  table = {}
+  for fake, (train, test) in splits.items():
+    t0 = time.time()
+    weights = fakebench.sampling_weights(labels[train], sources[train], balanced)
+    laundered = inputs['train_launder'].take(train) if recipe.launder_prob > 0 else None
+    variables = fakebench.train_head(stem, inputs['original'].take(train), labels[train], weights, recipe, laundered)
+    row = {'original': roc_auc(labels[test], fakebench.score_head(variables, stem, inputs['original'].take(test),
+                                                                  recipe.mode))}
+    at = np.array([test_pos[int(i)] for i in test])
+    for wash in launder_lib.LAUNDERINGS:
+      row[wash] = roc_auc(labels[test], fakebench.score_head(variables, stem, inputs[wash].take(at), recipe.mode))
+    row['train_photos'], row['test_reals'], row['test_fakes'] = len(train), int((labels[test] == 0).sum()), int(
+        labels[test].sum())
+    row['seconds'] = round(time.time() - t0, 1)
+    table[fake] = row
+    print(f'  [{name}] {fake:>10}: AUC {row["original"]:.3f}, JPEG 75 {row["jpeg_75"]:.3f}, x0.5 '
+          f'{row["resize_0.5"]:.3f} ({row["seconds"]:.0f} s)', flush=True)
+  return table
+
+
+def _markdown(results: dict) -> str:
+  """The tables of the README section: per recipe, AUC per held-out source, original and laundered; the probes."""
+  washes = launder_lib.LAUNDERINGS
+  lines = []
+  for name, table in results['recipes'].items():
+    lines += [f'\n{name}: per-photo AUC, held-out source (test reals / fakes)\n',
+              '| held out | vs reals | n | AUC | ' + ' | '.join(washes) + ' | best probe |',
+              '|---' * (5 + len(washes)) + '|']
+    for fake, reals in ROWS:
+      row, probes = table[fake], results['probes'][fake]
+      best = max(probes, key=probes.get)
+      lines.append(f'| {fake} | {", ".join(reals)} | {row["test_reals"]}/{row["test_fakes"]} | {row["original"]:.3f} | '
+                   + ' | '.join(f'{row[w]:.3f}' for w in washes) + f' | {best} {probes[best]:.3f} |')
+    mean = np.mean([table[f]['original'] for f, _ in ROWS])
+    lines.append(f'| mean | | | {mean:.3f} | ' + ' | '.join(f'{np.mean([table[f][w] for f, _ in ROWS]):.3f}'
+                                                        for w in washes) + ' | |')
+  lines += ['\nShortcut probes: AUC (better direction) on the original files of each test set\n',
+            '| held out | ' + ' | '.join(PROBE_COLUMNS) + ' |', '|---' * (1 + len(PROBE_COLUMNS)) + '|']
+  for fake, _ in ROWS:
+    lines.append(f'| {fake} | ' + ' | '.join(f'{results["probes"][fake].get(p, float("nan")):.3f}'
+                                              for p in PROBE_COLUMNS) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def _merge_recipes(results: dict, args) -> None:
+  """Adds the recipes already in --out/results.json (a run with other --recipes, same photos) to `results`."""
+  path = args.out / 'results.json'
+  if path.is_file():
+    earlier = json.loads(path.read_text())
+    if earlier.get('settings', {}).get('per_source') == str(args.per_source):
+      results['recipes'] = {**earlier['recipes'], **results['recipes']}
+
+
+def _prepare(args) -> tuple[list[Item], dict, dict]:
+  """Items, cached inputs (built once, then read from --out/inputs.npz) and the frozen backbone's stem."""
+  from jaxface import convert, fakebench  # pylint: disable=import-outside-toplevel
+  for folder in (args.dev, args.train):
+    if not (folder / 'train' / 'meta.json').is_file():
+      raise SystemExit(f'{folder}: no train/meta.json; pass --dev/--train (the realfaces-dev/-train folders)')
+  caches = {'dev': _open_cache(args.dev_cache), 'train': _open_cache(args.train_cache)}
+  t0 = time.time()
+  items = load_items({'dev': args.dev, 'train': args.train}, caches, args.per_source, args.seed)
+  items += make_pseudo_fakes(items, args.seed)
+  counts = {}
+  for it in items:
+    counts[f'{it.source}/{it.role}'] = counts.get(f'{it.source}/{it.role}', 0) + 1
+  print(' '.join(f'{k}:{v}' for k, v in sorted(counts.items())))
+  print(f'{len(items)} faces ({time.time() - t0:.0f} s to read and make pseudo-fakes)', flush=True)
+  backbone = convert.load_converted(args.backbone)
+  cache_file = args.out / 'inputs.npz'
+  key = f'{args.per_source}-{args.seed}-{len(items)}'
+  stored = np.load(cache_file) if cache_file.is_file() else None
+  if stored is not None and str(stored['key']).startswith(key) and (
+      not args.ablate or 'train_launder/faces' in stored.files):
+    inputs = {'test_index': stored['test_index']}
+    for name in {k.split('/')[0] for k in stored.files if '/' in k}:
+      inputs[name] = fakebench.HeadInputs(*(stored[f'{name}/{f}'] for f in ('faces', 'embedding', 'stage2_mean',
+                                                                            'stage2_var')))
+    print(f'inputs read from {cache_file}', flush=True)
+  else:
+    inputs = build_inputs(items, backbone, args.ablate, args.seed)
+    flat = {f'{n}/{f.name}': getattr(v, f.name) for n, v in inputs.items() if n != 'test_index'
+            for f in dataclasses.fields(v)}
+    np.savez(cache_file, key=key, test_index=inputs['test_index'], **flat)
+  return items, inputs, fakebench.stem_variables(backbone)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--quick', action='store_true', help='20 photos per source, 30 steps of 16 (under 5 min)')
+  parser.add_argument('--ablate', action='store_true', help='also the item-3 recipes: ' + ', '.join(RECIPES))
+  parser.add_argument('--out', type=pathlib.Path, default=ROOT / 'runs' / 'fake_generalisation')
+  parser.add_argument('--dev', type=pathlib.Path, default=ROOT.parent / 'shared' / 'data' / 'realfaces-dev')
+  parser.add_argument('--train', type=pathlib.Path, default=ROOT.parent / 'shared' / 'data' / 'realfaces-train')
+  parser.add_argument('--dev-cache', type=pathlib.Path, default=ROOT / 'runs' / 'rd-mtcnn' / '_align_cache',
+                      help="realfaces-dev's MTCNN align cache root")
+  parser.add_argument('--train-cache', type=pathlib.Path, default=ROOT / 'runs' / 'rt-mtcnn' / '_align_cache',
+                      help="realfaces-train's MTCNN align cache root")
+  parser.add_argument('--backbone', type=pathlib.Path, default=ROOT / 'runs' / 'mbf_ms1m_init')
+  parser.add_argument('--per-source', type=int, default=None, help='photos per source (default 100, quick 30)')
+  parser.add_argument('--steps', type=int, default=None, help='head training steps (default 80, quick 40)')
+  parser.add_argument('--batch-size', type=int, default=None, help='head training batch (default 32, quick 16)')
+  parser.add_argument('--recipes', default=None, help='comma-separated recipe names (default: baseline, or all '
+                      'with --ablate)')
+  parser.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args(argv)
+  args.per_source = args.per_source or (20 if args.quick else 100)
+  args.steps = args.steps or (30 if args.quick else 80)
+  args.batch_size = args.batch_size or (16 if args.quick else 32)
+  names = args.recipes.split(',') if args.recipes else (list(RECIPES) if args.ablate else ['baseline'])
+  unknown = [n for n in names if n not in RECIPES]
+  if unknown:
+    raise SystemExit(f'--recipes: unknown {unknown}; use names from {", ".join(RECIPES)}')
+  args.ablate = args.ablate or any(RECIPES[n][0].get('launder_prob', 0) > 0 for n in names)
+  args.out.mkdir(parents=True, exist_ok=True)
+  start = time.time()
+  items, inputs, stem = _prepare(args)
+  splits = {fake: row_split(items, fake, reals) for fake, reals in ROWS}
+  results = {'settings': {k: str(v) for k, v in vars(args).items()}, 'probes': probe_table(items, splits),
+             'recipes': {}}
+  _merge_recipes(results, args)
+  for name in names:
+    results['recipes'][name] = run_recipe(name, items, inputs, stem, splits, args)
+    _merge_recipes(results, args)
+    (args.out / 'results.json').write_text(json.dumps(results, indent=1))  # kept after every recipe
+  results['seconds'] = round(time.time() - start, 1)
+  (args.out / 'results.json').write_text(json.dumps(results, indent=1))
+  text = _markdown(results)
+  (args.out / 'tables.md').write_text(text)
+  print(text)
+  print(f'{results["seconds"]:.0f} s; results in {args.out / "results.json"} and {args.out / "tables.md"}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,151 @@
+"""The generalisation benchmark's parts: laundering, shortcut probes, the frozen-backbone head trainer, row splits."""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxface import fakebench
+from jaxface.data import launder
+from jaxface.metrics import roc_auc
+from jaxface.models.heads import mean_std_pool
+from jaxface.models.mobilefacenet import MobileFaceNet
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+_SPEC = importlib.util.spec_from_file_location('fake_generalisation', REPO_ROOT / 'scripts' / 'fake_generalisation.py')
+fg = importlib.util.module_from_spec(_SPEC)
+sys.modules['fake_generalisation'] = fg  # its dataclass resolves annotations through sys.modules
+_SPEC.loader.exec_module(fg)
+
+
+def _photo(seed: int = 0, size: tuple[int, int] = (40, 30)) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+
+
+def test_launderings_keep_rgb_uint8_and_report_their_scale():
+  photo = _photo()
+  for name in launder.LAUNDERINGS:
+    out, scale = launder.launder(photo, name)
+    assert out.dtype == np.uint8 and out.shape[2] == 3
+    assert out.shape[:2] == (round(40 * scale), round(30 * scale))
+  assert launder.launder(photo, 'resize_0.5')[1] == 0.5
+  grey, _ = launder.launder(photo, 'grey')
+  assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+  blurred, _ = launder.launder(photo, 'blur_1')
+  assert blurred.astype(float).std() < photo.astype(float).std()  # a blur of noise loses contrast
+  with pytest.raises(ValueError, match='unknown laundering'):
+    launder.launder(photo, 'sharpen')
+
+
+def test_random_launder_is_seeded_and_changes_the_photo():
+  photo = _photo(1, (64, 64))
+  a, scale_a = launder.random_launder(photo, np.random.default_rng(3))
+  b, scale_b = launder.random_launder(photo, np.random.default_rng(3))
+  assert scale_a == scale_b and np.array_equal(a, b)
+  assert a.shape != photo.shape or not np.array_equal(a, photo)
+
+
+def test_probes_read_side_saturation_qtable_and_size(tmp_path):
+  grey = np.repeat(_photo(2, (50, 50))[..., :1], 3, axis=2)
+  Image.fromarray(grey).save(tmp_path / 'grey.jpg', quality=90)
+  Image.fromarray(_photo(3, (100, 100))).save(tmp_path / 'colour.jpg', quality=50)
+  Image.fromarray(_photo(3, (100, 100))).save(tmp_path / 'colour.png')
+  g, c, p = (launder.probe_values(tmp_path / n) for n in ('grey.jpg', 'colour.jpg', 'colour.png'))
+  assert g['side'] == 50 and c['side'] == 100
+  assert g['saturation'] < 3 < c['saturation']
+  assert c['jpeg_qtable'] > g['jpeg_qtable'] > 0 and p['jpeg_qtable'] == 0
+  assert c['file_size'] == (tmp_path / 'colour.jpg').stat().st_size
+  # A probe counts in its better direction: a detector that ranks fakes lowest still separates them.
+  assert launder.probe_auc(np.array([0, 0, 1, 1]), np.array([3.0, 4.0, 1.0, 2.0])) == 1.0
+
+
+@pytest.fixture(scope='module')
+def mbf_variables():
+  """Random-init MobileFaceNet variables for a test-sized (56 px) face; jitted: one compile, not one per op."""
+  return jax.jit(MobileFaceNet().init)(jax.random.PRNGKey(1), jnp.zeros((1, 56, 56, 3)))
+
+
+def test_the_stem_is_mobilefacenets_own_and_stage2_stats_pool_exactly(mbf_variables):
+  images = jax.random.uniform(jax.random.PRNGKey(0), (2, 56, 56, 3), minval=-1, maxval=1)
+  variables = mbf_variables
+  _, stages = jax.jit(MobileFaceNet().apply)(variables, images)
+  mine = fakebench.MobileFaceNetStem().apply(fakebench.stem_variables(variables), images)
+  np.testing.assert_allclose(mine['stem'], stages['stem'], atol=1e-5)
+  np.testing.assert_allclose(mine['stage1'], stages['stage1'], atol=1e-5)
+  faces = np.asarray((images + 1) * 127.5, np.uint8)
+  s2 = stages['stage2']
+  built = fakebench.head_stages(fakebench.stem_variables(variables), jnp.asarray(faces), s2.mean(axis=(1, 2)),
+                                s2.var(axis=(1, 2)))
+  np.testing.assert_allclose(mean_std_pool(built['stage2']), mean_std_pool(s2), rtol=1e-4, atol=1e-5)
+  assert built['residual'].shape == (2, 28, 28, 12)
+
+
+def test_sampling_weights_balance_classes_and_sources():
+  labels = np.array([0, 0, 0, 0, 1, 1])
+  sources = np.array(['a', 'a', 'a', 'b', 'f', 'g'])
+  natural = fakebench.sampling_weights(labels, sources, balance_sources=False)
+  balanced = fakebench.sampling_weights(labels, sources, balance_sources=True)
+  assert natural[labels == 0].sum() == pytest.approx(0.5) and natural[3] == pytest.approx(0.125)
+  assert balanced[3] == pytest.approx(0.25) and balanced[0] == pytest.approx(0.25 / 3)
+  with pytest.raises(ValueError, match='no fake examples'):
+    fakebench.sampling_weights(labels[:4], sources[:4], False)
+
+
+def test_the_trace_head_learns_a_checkerboard_on_a_frozen_stem(mbf_variables):
+  rng = np.random.default_rng(0)
+  n, side = 64, 48  # small faces keep the test fast; the head adapts to the input side
+  faces = rng.integers(60, 200, (n, side, side, 3)).astype(np.float32)
+  labels = (np.arange(n) % 2).astype(np.int32)
+  board = (np.indices((side, side)).sum(0) % 2 * 2 - 1)[None, :, :, None] * 12.0
+  faces = np.clip(faces + board * labels[:, None, None, None], 0, 255).astype(np.uint8)
+  stem = fakebench.stem_variables(mbf_variables)
+  # Embedding and stage-2 statistics carry no signal: only the trace branch can tell.
+  inputs = fakebench.HeadInputs(faces, rng.normal(size=(n, 128)).astype(np.float32),
+                                rng.normal(size=(n, 64)).astype(np.float32), np.ones((n, 64), np.float32))
+  half = np.arange(n) < n // 2
+  recipe = fakebench.Recipe(steps=25, batch_size=16)
+  variables = fakebench.train_head(stem, inputs.take(np.flatnonzero(half)), labels[half],
+                                   np.full(half.sum(), 1.0 / half.sum()), recipe)
+  logits = fakebench.score_head(variables, stem, inputs.take(np.flatnonzero(~half)), 'traces')
+  assert roc_auc(labels[~half], logits) > 0.9
+
+
+def _item(source, label, role='pool', base=None):
+  return fg.Item(source, label, None, np.zeros((5, 2)), np.zeros((112, 112, 3), np.uint8), 'f', base or source, role)
+
+
+def test_rows_hold_out_the_fake_source_and_its_reals_everywhere():
+  items = [_item('lfw_real', 0), _item('lfw_swap', 1), _item('ffhq_real', 0), _item('stylegan2', 1),
+           _item('stylegan3', 1), _item('orl', 0), _item('self_blend', 1, base='lfw_real'),
+           _item('swap', 1, base='orl'), _item('celeba_wild', 0, 'test_real'), _item('celeba_wild', 0, 'base'),
+           _item('trace', 1, 'test_fake', 'celeba_wild'), _item('self_blend', 1, base='celeba_wild')]
+  train, test = fg.row_split(items, 'lfw_swap', ('lfw_real',))
+  assert [items[i].source for i in test] == ['lfw_real', 'lfw_swap']
+  assert not {'lfw_real', 'lfw_swap'} & {items[i].source for i in train}
+  assert all(items[i].base_source != 'lfw_real' and items[i].role != 'test_fake' for i in train)
+  train, test = fg.row_split(items, 'trace', ('celeba_wild',))
+  assert sorted(items[i].role for i in test) == ['test_fake', 'test_real']
+  assert all(items[i].base_source != 'celeba_wild' and items[i].source != 'trace' for i in train)
+
+
+_DEV = REPO_ROOT.parent / 'shared' / 'data' / 'realfaces-dev'
+_TRAIN = REPO_ROOT.parent / 'shared' / 'data' / 'realfaces-train'
+
+
+def test_every_source_of_the_shared_data_is_found():
+  caches = [REPO_ROOT / 'runs' / 'fakegen' / 'rd_align_cache', REPO_ROOT / 'runs' / 'rt-mtcnn' / '_align_cache']
+  if not (_DEV.is_dir() and _TRAIN.is_dir()) or not all(any(c.glob('mtcnn-*')) for c in caches if c.is_dir()) \
+      or not all(c.is_dir() for c in caches):
+    pytest.skip('needs ../shared/data/realfaces-dev and -train and their MTCNN align caches under runs/')
+  items = fg.load_items({'dev': _DEV, 'train': _TRAIN}, {'dev': fg._open_cache(caches[0]),
+                                                         'train': fg._open_cache(caches[1])}, 2, 0)
+  sources = {it.source for it in items}
+  assert sources == {'orl', 'yale', 'lfw_real', 'lfw_swap', 'stylegan3', 'celeba_wild', 'celeba_aligned', 'ffhq_real',
+                     'stylegan2'}
+  assert {it.role for it in items if it.source == 'celeba_wild'} == {'test_real', 'base'}
