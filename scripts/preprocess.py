@@ -56,6 +56,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help='write OUT/preview.png: N aligned faces with their landmarks')
   parser.add_argument('--overwrite', action='store_true', help='rebuild an existing dataset (from the cache)')
   parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+  parser.add_argument('--exclude', default=None, metavar='FILE',
+                      help='train photos to leave out: one meta.json key ("<person_id>/<k>.jpg") a line, "#" starts '
+                           'a comment; the exclude.txt that python -m jaxface.data.clean writes')
   return parser.parse_args(argv)
 
 
@@ -74,11 +77,19 @@ def write_preview(out: str, count: int) -> pathlib.Path:
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
   from jaxface.data import builder, challenge  # pylint: disable=import-outside-toplevel  (TF loads here)
+  exclude: tuple[str, ...] = ()
+  if args.exclude:
+    from jaxface.data import clean  # pylint: disable=import-outside-toplevel
+    try:
+      exclude = clean.read_exclude(args.exclude, args.data_dir)
+    except challenge.DataFormatError as error:
+      print(f'error: {error}', file=sys.stderr)
+      return 2
   options = builder.BuildOptions(
       aligner=args.aligner, aligner_path=args.aligner_path, device=args.device, batch_size=args.batch_size,
       val_fraction=args.val_fraction, seed=args.seed, min_score=args.min_score, keep_faceless=args.keep_faceless,
       cache_dir=args.cache_dir, labels_path=args.labels, max_photo_side=args.max_photo_side, workers=args.workers,
-      progress=not args.no_progress)
+      progress=not args.no_progress, exclude=exclude)
   try:
     report = builder.prepare(args.data_dir, args.out, options, overwrite=args.overwrite)
     preview = write_preview(args.out, args.preview) if args.preview > 0 else None
