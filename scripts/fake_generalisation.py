@@ -321,9 +321,43 @@ def _merge_recipes(results: dict, args) -> None:
       results['recipes'] = {**earlier['recipes'], **results['recipes']}
 
 
+_ITEM_FIELDS = ('source', 'label', 'probe_file', 'base_source', 'role', 'face_px')
+_INPUT_FIELDS = ('faces', 'embedding', 'stage2_mean', 'stage2_var')
+
+
+def _read_inputs(cache_file: pathlib.Path, key: str, need_train_launder: bool):
+  """(items, inputs) from --out/inputs.npz when it was built with the same --per-source and --seed, else None.
+
+  The items come back from the file too (their photo list and faces), so a later run with other --recipes scores the
+  same photos even where the align caches changed in between.
+  """
+  from jaxface import fakebench  # pylint: disable=import-outside-toplevel
+  if not cache_file.is_file():
+    return None
+  stored = np.load(cache_file)
+  if str(stored['key']) != key or 'item/source' not in stored.files or (
+      need_train_launder and 'train_launder/faces' not in stored.files):
+    return None
+  inputs = {'test_index': stored['test_index']}
+  for name in {k.split('/')[0] for k in stored.files if '/' in k} - {'item'}:
+    inputs[name] = fakebench.HeadInputs(*(stored[f'{name}/{f}'] for f in _INPUT_FIELDS))
+  meta = {f: stored[f'item/{f}'] for f in _ITEM_FIELDS}
+  text = lambda field, i: str(meta[field][i])
+  items = [Item(text('source', i), int(meta['label'][i]), None, template.template_for_size(112), face,
+                text('probe_file', i), text('base_source', i), text('role', i), float(meta['face_px'][i]))
+           for i, face in enumerate(inputs['original'].faces)]
+  print(f'{len(items)} faces and their inputs read from {cache_file}', flush=True)
+  return items, inputs
+
+
 def _prepare(args) -> tuple[list[Item], dict, dict]:
   """Items, cached inputs (built once, then read from --out/inputs.npz) and the frozen backbone's stem."""
   from jaxface import convert, fakebench  # pylint: disable=import-outside-toplevel
+  backbone = convert.load_converted(args.backbone)
+  cache_file, key = args.out / 'inputs.npz', f'{args.per_source}-{args.seed}'
+  cached = _read_inputs(cache_file, key, args.ablate)
+  if cached is not None:
+    return (*cached, fakebench.stem_variables(backbone))
   for folder in (args.dev, args.train):
     if not (folder / 'train' / 'meta.json').is_file():
       raise SystemExit(f'{folder}: no train/meta.json; pass --dev/--train (the realfaces-dev/-train folders)')
@@ -336,22 +370,10 @@ def _prepare(args) -> tuple[list[Item], dict, dict]:
     counts[f'{it.source}/{it.role}'] = counts.get(f'{it.source}/{it.role}', 0) + 1
   print(' '.join(f'{k}:{v}' for k, v in sorted(counts.items())))
   print(f'{len(items)} faces ({time.time() - t0:.0f} s to read and make pseudo-fakes)', flush=True)
-  backbone = convert.load_converted(args.backbone)
-  cache_file = args.out / 'inputs.npz'
-  key = f'{args.per_source}-{args.seed}-{len(items)}'
-  stored = np.load(cache_file) if cache_file.is_file() else None
-  if stored is not None and str(stored['key']).startswith(key) and (
-      not args.ablate or 'train_launder/faces' in stored.files):
-    inputs = {'test_index': stored['test_index']}
-    for name in {k.split('/')[0] for k in stored.files if '/' in k}:
-      inputs[name] = fakebench.HeadInputs(*(stored[f'{name}/{f}'] for f in ('faces', 'embedding', 'stage2_mean',
-                                                                            'stage2_var')))
-    print(f'inputs read from {cache_file}', flush=True)
-  else:
-    inputs = build_inputs(items, backbone, args.ablate, args.seed)
-    flat = {f'{n}/{f.name}': getattr(v, f.name) for n, v in inputs.items() if n != 'test_index'
-            for f in dataclasses.fields(v)}
-    np.savez(cache_file, key=key, test_index=inputs['test_index'], **flat)
+  inputs = build_inputs(items, backbone, args.ablate, args.seed)
+  flat = {f'{n}/{f}': getattr(v, f) for n, v in inputs.items() if n != 'test_index' for f in _INPUT_FIELDS}
+  flat.update({f'item/{f}': np.array([getattr(it, f) for it in items]) for f in _ITEM_FIELDS})
+  np.savez(cache_file, key=key, test_index=inputs['test_index'], **flat)
   return items, inputs, fakebench.stem_variables(backbone)
 
 
