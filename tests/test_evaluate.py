@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from PIL import Image
 
 from jaxface import checkpoints, evaluate, metrics, scoring
 from jaxface.inference import PairScores, build_inference_model
+from jaxface.testing import random_variables
 from jaxface.verify import FaceVerifier
 
 STRENGTH, THRESHOLD = 1.5, 0.2
@@ -81,22 +81,6 @@ def _config() -> ml_collections.ConfigDict:
   return config
 
 
-def _random_variables(model, size: int, seed: int = 0) -> dict:
-  """Random variables of the model's shapes, drawn in numpy (a compiled init takes minutes on a busy CPU)."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, size, size, 3), np.float32)))
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, shape):
-    name = str(path[-1].key)
-    if name == 'kernel':
-      return (rng.normal(size=shape.shape) / np.sqrt(np.prod(shape.shape[:-1]))).astype(shape.dtype)
-    if name in ('scale', 'var'):
-      return rng.uniform(0.8, 1.2, shape.shape).astype(shape.dtype)
-    return rng.normal(0.0, 0.05, shape.shape).astype(shape.dtype)
-
-  return jax.tree_util.tree_map_with_path(leaf, shapes)
-
-
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
   """A training workdir with a best checkpoint of a tiny random model."""
@@ -104,7 +88,7 @@ def workdir(tmp_path_factory):
   path = tmp_path_factory.mktemp('run')
   checkpoints.save_config(path, config)
   manager = checkpoints.best_manager(path)
-  variables = _random_variables(build_inference_model(config.model), 56)
+  variables = random_variables(build_inference_model(config.model), 56)
   checkpoints.save(manager, 3, variables, {'step': 3, 'scoring': {'fuse_strength': STRENGTH, 'threshold': THRESHOLD}},
                    force=True)
   manager.close()

@@ -19,6 +19,7 @@ import pytest
 
 from jaxface import checkpoints, export, scoring
 from jaxface.inference import build_inference_model, compiled_forward
+from jaxface.testing import random_variables
 from jaxface.verify import FaceVerifier
 from jaxface.verify import main as verify_main
 
@@ -47,22 +48,6 @@ assert not [m for m in sys.modules if m.split('.')[0] == 'jaxface'], 'jaxface wa
 """
 
 
-def _random_variables(model, seed: int = 0) -> dict:
-  """Random {'params', 'batch_stats'} of the model's shapes, drawn in numpy (no compiled init)."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 112, 112, 3), np.float32)))
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, shape):
-    name = str(path[-1].key)
-    if name == 'kernel':
-      return (rng.normal(size=shape.shape) / np.sqrt(np.prod(shape.shape[:-1]))).astype(shape.dtype)
-    if name in ('scale', 'var'):
-      return rng.uniform(0.8, 1.2, shape.shape).astype(shape.dtype)
-    return rng.normal(0.0, 0.05, shape.shape).astype(shape.dtype)
-
-  return jax.tree_util.tree_map_with_path(leaf, shapes)
-
-
 def _faces(count: int, seed: int = 0) -> np.ndarray:
   rng = np.random.default_rng(seed)
   base = rng.integers(0, 256, (1, 112, 112, 3))
@@ -74,7 +59,7 @@ def _workdir(path: pathlib.Path, model_config: dict) -> pathlib.Path:
   config = ml_collections.ConfigDict({'model': dict(model_config), 'data': {'aligner': 'mtcnn', 'aligner_path': ''}})
   checkpoints.save_config(path, config)
   manager = checkpoints.best_manager(path)
-  variables = _random_variables(build_inference_model(config.model))
+  variables = random_variables(build_inference_model(config.model))
   checkpoints.save(manager, 3, variables, {'step': 3, 'scoring': {'fuse_strength': STRENGTH, 'threshold': THRESHOLD}},
                    force=True)
   manager.close()

@@ -13,6 +13,7 @@ from PIL import Image
 
 from jaxface import checkpoints, scoring
 from jaxface.inference import build_inference_model, to_model_input
+from jaxface.testing import random_variables
 from jaxface.verify import FaceVerifier, VerifyError, main
 
 STRENGTH, THRESHOLD = 2.0, 0.3
@@ -25,22 +26,6 @@ def _config() -> ml_collections.ConfigDict:
       dtype='float32', bn_axis_name='batch'))  # as trained under pmap; inference must drop the axis
   config.data = ml_collections.ConfigDict(dict(aligner='none', aligner_path=''))
   return config
-
-
-def random_variables(model, size: int, seed: int = 0) -> dict:
-  """Random {'params', 'batch_stats'} of the model's shapes, drawn in numpy (no compiled init)."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, size, size, 3), np.float32)))
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, shape):
-    name = str(path[-1].key)
-    if name == 'kernel':
-      return (rng.normal(size=shape.shape) / np.sqrt(np.prod(shape.shape[:-1]))).astype(shape.dtype)
-    if name in ('scale', 'var'):
-      return rng.uniform(0.8, 1.2, shape.shape).astype(shape.dtype)
-    return rng.normal(0.0, 0.05, shape.shape).astype(shape.dtype)
-
-  return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 @pytest.fixture(scope='module')
