@@ -230,6 +230,7 @@ def test_open_prepared_reads_a_prepared_folder_and_adopts_its_aligner(tmp_path):
   assert (dataset.num_classes, dataset.num_train_examples, dataset.splits) == (4, 12, {'train': 12, 'test': 4})
   assert dataset.aligner['name'] == 'none' and dataset.aligner['max_photo_side'] == 2048
   assert (cfg.data.aligner, cfg.data.aligner_path) == ('none', '')  # evaluation aligns as the dataset was aligned
+  assert cfg.data.max_photo_side == dataset.aligner['max_photo_side']  # and reads photos at the same size
   batch = next(pipeline.train_dataset(dataset, cfg, num_devices=1, process_index=0, process_count=1))
   assert batch['image'].shape == (1, 4, SIZE, SIZE, 3)
   by_path = list(pipeline.pairs_dataset(str(tmp_path / 'tfds'), 'test', cfg, batch_size=3))

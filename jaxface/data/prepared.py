@@ -147,8 +147,8 @@ def open_prepared(source: Any) -> PreparedDataset:
 
   With a config (`config.data.source` 'tfds' reads `config.data.tfds_dir`; 'synthetic' generates and prepares the
   set `config.data.synthetic` describes, once, via `jaxface.data.synthetic.prepare_synthetic`), the config is updated
-  in place: `data.tfds_dir` names the dataset, and `data.aligner` / `data.aligner_path` become the dataset's own, so
-  evaluation and verification align raw photos the way the training faces were aligned.
+  in place: `data.tfds_dir` names the dataset, and `data.aligner` / `data.aligner_path` / `data.max_photo_side` become
+  the dataset's own, so evaluation and verification read and align raw photos the way the training faces were.
 
   Raises:
     ConfigError: no tfds_dir, an unknown source, no dataset or one of an older layout; one line saying what to do.
@@ -174,4 +174,6 @@ def open_prepared(source: Any) -> PreparedDataset:
     log.info('The dataset was aligned with %r: evaluation will align raw photos the same way', aligned['name'])
     data.aligner = aligned['name']
     data.aligner_path = aligned.get('path') or ''
+  if aligned.get('max_photo_side'):  # verify reads raw photos at the size preprocessing read them
+    data.max_photo_side = int(aligned['max_photo_side'])
   return prepared
