@@ -1,16 +1,18 @@
-"""Makes an align cache whose faces are found again after the photos' modification times changed.
+"""Recovers an align cache written before content keys, after the photos' modification times changed.
 
     python scripts/rekey_align_cache.py --tfds-dir runs/rt-mtcnn --data-dir ../shared/data/realfaces-train \
         --out runs/clean/_align_cache
 
-`jaxface.align.cache` keys a face by the photo's absolute path, size and modification time. When a data folder is
-copied again (realfaces-train was, on 2026-12-03 11:29: every mtime changed) every lookup misses and 15k photos would
-be aligned again (9.8 min of MTCNN). This script finds each photo's old entry by the face it holds: the TFDS dataset
-that was written from the cache stores the exact JPEG bytes of every train face and of every val and test pair face,
-next to the photo's path, so an entry whose JPEG matches is that photo's. Matched entries are hard-linked (no copy)
-under the photo's current key in a new cache root (`--out`), with the same settings folder, so `scripts/preprocess.py
---cache-dir OUT` and `python -m jaxface.data.clean --cache-dir OUT` read them and align only the photos left over
-(faceless photos and the held-out val people's photos that are in no val pair).
+Until 2026-12-03 `jaxface.align.cache` keyed a face by the photo's absolute path, size and modification time; it now
+keys it by the photo's bytes, and still finds an old entry while the path and mtime hold. When a data folder was
+copied again before its cache was read with content keys (realfaces-train was, on 2026-12-03 11:29: every mtime
+changed), every lookup of the old cache misses and 15k photos would be aligned again (9.8 min of MTCNN). This script
+finds each photo's old entry by the face it holds: the TFDS dataset that was written from the cache stores the exact
+JPEG bytes of every train face and of every val and test pair face, next to the photo's path, so an entry whose JPEG
+matches is that photo's. Matched entries are hard-linked (no copy) under the photo's content key in a new cache root
+(`--out`), with the same settings folder, so `scripts/preprocess.py --cache-dir OUT` and `python -m
+jaxface.data.clean --cache-dir OUT` read them and align only the photos left over (faceless photos and the held-out
+val people's photos that are in no val pair).
 
 Needs TensorFlow (reads the TFRecords); prints the counts and exits 0, or 2 with one line on a user error.
 """

@@ -4,8 +4,10 @@ Aligning 98,000 photos takes hours; a killed run must not start again from zero.
 
     <root>/<aligner name>-<hash of aligner settings and output options>/<2 hex>/<source key>.npz
 
-where the source key hashes the photo's absolute path, size and modification time, so an edited or replaced photo is
-aligned again, and a different aligner or setting never reads another's faces. Each entry is written to a temporary
+where the source key hashes the photo's bytes, so an edited or replaced photo is aligned again, a copied or moved data
+folder is not, and a different aligner or setting never reads another's faces. Caches written before 2026-12-03 keyed
+a photo by its absolute path, size and modification time; such an entry is still found while those hold, and is then
+linked under the photo's content key. Each entry is written to a temporary
 file and moved into place with `os.replace`, so a kill -9 leaves either a whole entry or none.
 
 Numpy only (no torch, no TensorFlow): readers of cached faces need neither.
@@ -55,7 +57,29 @@ def settings_hash(settings: dict[str, Any]) -> str:
 
 
 def source_key(path: PathLike) -> str:
-  """Identifies a photo file by absolute path, size and modification time (nanoseconds), without reading it."""
+  """Identifies a photo file by its content: the sha256 of its bytes (memoised per path, size and mtime)."""
+  path = pathlib.Path(path).absolute()
+  stat = path.stat()
+  memo = (str(path), stat.st_size, stat.st_mtime_ns)
+  key = _CONTENT_KEYS.get(memo)
+  if key is None:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+      for block in iter(lambda: f.read(1 << 20), b''):
+        digest.update(block)
+    key = digest.hexdigest()[:32]
+    if len(_CONTENT_KEYS) >= _MEMO_SIZE:
+      _CONTENT_KEYS.clear()
+    _CONTENT_KEYS[memo] = key
+  return key
+
+
+_CONTENT_KEYS: dict[tuple[str, int, int], str] = {}
+_MEMO_SIZE = 1 << 18
+
+
+def legacy_source_key(path: PathLike) -> str:
+  """The key of caches written before content keys: absolute path, size and modification time, hashed."""
   path = pathlib.Path(path).absolute()
   stat = path.stat()
   text = f'{path}\0{stat.st_size}\0{stat.st_mtime_ns}'
@@ -94,13 +118,29 @@ class AlignCache:
       _atomic_write(settings_file, json.dumps(self.settings, indent=1, sort_keys=True, default=str).encode('utf-8'))
 
   def entry_path(self, path: PathLike) -> pathlib.Path:
-    key = source_key(path)
+    return self._entry(source_key(path))
+
+  def _entry(self, key: str) -> pathlib.Path:
     return self.dir / key[:2] / f'{key}.npz'
 
+  def _adopt_legacy(self, path: PathLike, entry: pathlib.Path) -> None:
+    """Links an entry stored under the path-and-mtime key to the content key (no copy); a no-op when there is none."""
+    legacy = self._entry(legacy_source_key(path))
+    if legacy.is_file() and not entry.exists():
+      entry.parent.mkdir(parents=True, exist_ok=True)
+      try:
+        os.link(legacy, entry)
+      except FileExistsError:
+        pass
+      except OSError:  # a file system without hard links: the legacy entry is read where it is
+        _atomic_write(entry, legacy.read_bytes())
+
   def get(self, path: PathLike) -> CachedFace | None:
-    """The cached face of a photo, or None when it was never aligned (or the file changed since)."""
+    """The cached face of a photo, or None when it was never aligned (or its bytes changed since)."""
     try:
       entry = self.entry_path(path)
+      if not entry.exists():
+        self._adopt_legacy(path, entry)
       with np.load(entry, allow_pickle=False) as stored:
         return CachedFace(jpeg=stored['jpeg'].tobytes(), landmarks=stored['landmarks'].astype(np.float32),
                           crop_landmarks=stored['crop_landmarks'].astype(np.float32), score=float(stored['score']),

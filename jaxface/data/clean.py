@@ -163,8 +163,8 @@ def aligned_faces(data_dir: PathLike, cache_dir: PathLike, aligner_name: str = '
   """Aligns (into the cache) every train photo not aligned yet; returns the images and a face reader.
 
   Uses preprocessing's own align stage (`jaxface.align.stage.align_into_cache`) and cache settings, so the cache
-  is the one `scripts/preprocess.py --cache-dir` reads and writes. The data folder's path is made absolute the way
-  preprocessing does it (cache keys hold the absolute path, size and mtime).
+  is the one `scripts/preprocess.py --cache-dir` reads and writes. Cache keys are the photos' content hashes, so a
+  copied data folder finds its faces.
 
   Returns:
     (images: list of challenge.TrainImage, statuses: {path: stage.PhotoStatus}, read: path -> cached face).
