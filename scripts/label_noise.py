@@ -204,39 +204,56 @@ def noisy_view(keys: Sequence[str], embeddings: np.ndarray, is_fake: np.ndarray,
   return noisy_keys, embeddings[rows], is_fake[rows]
 
 
-def score_photos(flagged: set[str], truth: set[str], preexisting: set[str]) -> dict[str, Any]:
-  """Precision and recall of flagged photos; `preexisting` (flagged on the clean copy) also counted apart."""
+def score_photos(flagged: set[str], truth: set[str], preexisting: set[str], confirmed: set[str] | None = None
+                 ) -> dict[str, Any]:
+  """Precision and recall of flagged photos; `preexisting` (flagged on the clean copy) also counted apart.
+
+  `confirmed`: photos a peer recogniser also calls another person (scripts/peer_flags.py); the pre-existing flags
+  among them are counted as true in `precision_peer_confirmed`.
+  """
   hits = len(flagged & truth)
   others = flagged - truth
   old = others & preexisting
-  return {'flagged': len(flagged), 'true': hits, 'truth': len(truth), 'precision': _ratio(hits, len(flagged)),
+  peer = {} if confirmed is None else {
+      'preexisting_peer_confirmed': len(old & confirmed),
+      'precision_peer_confirmed': _ratio(hits + len(old & confirmed), len(flagged))}
+  return {**peer, 'flagged': len(flagged), 'true': hits, 'truth': len(truth), 'precision': _ratio(hits, len(flagged)),
           'recall': _ratio(hits, len(truth)), 'false_flags': len(others), 'false_flags_preexisting': len(old),
           'precision_without_preexisting': _ratio(hits, len(flagged) - len(old)),
           'missed': sorted(truth - flagged), 'false_not_preexisting': sorted(others - old)}
 
 
 def score_merges(found: set[tuple[str, str]], truth: set[tuple[str, str]], preexisting: set[tuple[str, str]],
-                 origin: dict[str, str]) -> dict[str, Any]:
+                 origin: dict[str, str], confirmed: set[tuple[str, str]] | None = None) -> dict[str, Any]:
   """Precision and recall of merge candidates (unordered folder pairs); a candidate whose folders, mapped back to
-  the clean copy's, were already a candidate there is counted apart (`preexisting`)."""
+  the clean copy's, were already a candidate there is counted apart (`preexisting`); those a peer also calls one
+  person (`confirmed`, clean-copy folder pairs) count as true in `precision_peer_confirmed`."""
   hits = len(found & truth)
   others = found - truth
   old = {pair for pair in others if tuple(sorted((origin.get(pair[0], pair[0]), origin.get(pair[1], pair[1]))))
          in preexisting}
-  return {'found': len(found), 'true': hits, 'truth': len(truth), 'precision': _ratio(hits, len(found)),
+  peer = {}
+  if confirmed is not None:
+    agreed = {pair for pair in old if tuple(sorted((origin.get(pair[0], pair[0]), origin.get(pair[1], pair[1]))))
+              in confirmed}
+    peer = {'preexisting_peer_confirmed': len(agreed),
+            'precision_peer_confirmed': _ratio(hits + len(agreed), len(found))}
+  return {**peer, 'found': len(found), 'true': hits, 'truth': len(truth), 'precision': _ratio(hits, len(found)),
           'recall': _ratio(hits, len(truth)), 'false': len(others), 'false_preexisting': len(old),
           'precision_without_preexisting': _ratio(hits, len(found) - len(old))}
 
 
 def measure(keys: list[str], embeddings: np.ndarray, is_fake: np.ndarray, seeds: Sequence[int],
-            grid: dict[str, Sequence[float]], intruder_share: float = 0.1, split_share: float = 0.02
-            ) -> dict[str, Any]:
+            grid: dict[str, Sequence[float]], intruder_share: float = 0.1, split_share: float = 0.02,
+            peer: dict[str, set] | None = None) -> dict[str, Any]:
   """Runs the cleaner on the clean photos and on seeded noisy views of them, over a grid of thresholds.
 
   Args:
     keys, embeddings, is_fake: the clean copy's embedded photos (clean.embed_data_dir or its embeddings.npz).
     seeds: noise seeds; the caller picks thresholds on some and reports on the others.
     grid: {'edge': [...], 'outlier': [...], 'merge': [...]}; the merge threshold is swept over one analysis.
+    peer: {'photos': clean-copy photos, 'merges': clean-copy folder pairs} a peer recogniser also flags
+      (`read_peer_verdicts`): pre-existing flags among them are also scored as true.
 
   Returns:
     {'rows': one per (seed, edge, outlier, merge) with 'photos' and 'merges' scores, 'preexisting': what the
@@ -270,7 +287,8 @@ def measure(keys: list[str], embeddings: np.ndarray, is_fake: np.ndarray, seeds:
       # A pre-existing flag names the photo by its clean-copy key: map the noisy keys back.
       base_flags = set(base.exclude)
       preexisting = {key for key in result.exclude if plan.photos[key][0] in base_flags}
-      photos = score_photos(set(result.exclude), truth_photos, preexisting)
+      confirmed = None if peer is None else {key for key in preexisting if plan.photos[key][0] in peer['photos']}
+      photos = score_photos(set(result.exclude), truth_photos, preexisting, confirmed)
       photos['preexisting_on_clean_copy'] = len(base.exclude)
       photos['by_folder_size'] = {
           name: score_photos({k for k in result.exclude if bucket(k) == name}, {k for k in truth_photos
@@ -279,7 +297,7 @@ def measure(keys: list[str], embeddings: np.ndarray, is_fake: np.ndarray, seeds:
       for merge in grid['merge']:
         found = {tuple(sorted((a, b))) for a, b, score in result.merges if score >= merge}
         old = {tuple(sorted((a, b))) for a, b, score in base.merges if score >= merge}
-        merges = score_merges(found, truth_merges, old, origin)
+        merges = score_merges(found, truth_merges, old, origin, None if peer is None else peer['merges'])
         merges['preexisting_on_clean_copy'] = len(old)
         merges['by_smaller_folder_size'] = {
             name: score_merges({m for m in found if pair_bucket(m) == name},
@@ -456,6 +474,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   meas.add_argument('--edge', type=float, nargs='+', default=[0.25, 0.3, 0.35, 0.4])
   meas.add_argument('--outlier', type=float, nargs='+', default=[0.1, 0.15, 0.2, 0.25, 0.3])
   meas.add_argument('--merge', type=float, nargs='+', default=[0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45])
+  meas.add_argument('--peer-verdicts', default=None, help='OUT of scripts/peer_flags.py on the clean copy\'s '
+                    'report: also score the pre-existing flags the peer confirms as true')
   meas.add_argument('--max-preexisting', type=int, default=250, help='cap on the clean copy\'s flagged photos when '
                     'picking (see choose())')
   aud = commands.add_parser('audit', help='contact sheets of a sample of what the cleaner flags on the clean copy')
@@ -489,6 +509,18 @@ def _table(rows: list[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
+def read_peer_verdicts(folder: PathLike) -> dict[str, set]:
+  """scripts/peer_flags.py's OUT -> {'photos': flagged photos the peer calls another person, 'merges': candidate
+  folder pairs it calls one person}."""
+  folder = pathlib.Path(folder)
+  with open(folder / 'photos.csv', newline='') as f:
+    photos = {row['photo'] for row in csv.DictReader(f) if row['flagged'] == '1' and row['dlib_other_person'] == '1'}
+  with open(folder / 'merges.csv', newline='') as f:
+    merges = {tuple(sorted((row['folder'], row['other']))) for row in csv.DictReader(f)
+              if row['dlib_same_person'] == '1'}
+  return {'photos': photos, 'merges': merges}
+
+
 def run_measure(args: argparse.Namespace) -> int:
   from jaxface.data import clean  # pylint: disable=import-outside-toplevel
   if args.embeddings:
@@ -505,8 +537,10 @@ def run_measure(args: argparse.Namespace) -> int:
   grid = {'edge': args.edge, 'outlier': args.outlier, 'merge': args.merge}
   chosen_on = measure(keys, embeddings, is_fake, [args.choose_seed], grid)
   chosen = choose(chosen_on, args.choose_seed, args.max_preexisting)
+  peer = read_peer_verdicts(args.peer_verdicts) if args.peer_verdicts else None
   reported = measure(keys, embeddings, is_fake, args.report_seeds,
-                     {'edge': [chosen['edge']], 'outlier': [chosen['outlier']], 'merge': [chosen['merge']]})
+                     {'edge': [chosen['edge']], 'outlier': [chosen['outlier']], 'merge': [chosen['merge']]},
+                     peer=peer)
   result = {'embeddings': info, 'grid': grid, 'choose_seed': args.choose_seed, 'chosen': chosen,
             'max_preexisting': args.max_preexisting, 'grid_rows': chosen_on['rows'], 'reported': reported['rows'],
             'seconds': round(time.perf_counter() - start, 1)}
@@ -519,6 +553,13 @@ def run_measure(args: argparse.Namespace) -> int:
       print(f"seed {row['seed']} {part} {by}: " + '; '.join(
           f"{name}: P {s['precision']} P_w/o_pre {s['precision_without_preexisting']} R {s['recall']} "
           f"({s['true']}/{s['truth']})" for name, s in row[part][by].items()))
+  if peer is not None:
+    for row in reported['rows']:
+      print(f"seed {row['seed']} counting the clean copy's flags the peer confirms as true: photos precision "
+            f"{row['photos']['precision_peer_confirmed']} ({row['photos']['preexisting_peer_confirmed']} of "
+            f"{row['photos']['false_flags_preexisting']} pre-existing confirmed), merges precision "
+            f"{row['merges']['precision_peer_confirmed']} ({row['merges']['preexisting_peer_confirmed']} of "
+            f"{row['merges']['false_preexisting']})")
   print(f'measure: {out / "measure.json"} ({result["seconds"]} s)')
   return 0
 

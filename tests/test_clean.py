@@ -223,3 +223,56 @@ def test_preprocess_refuses_an_exclude_list_of_another_folder_in_one_line(synthe
   err = capsys.readouterr().err
   assert code == 2 and err.startswith('error: ') and 'exclude.txt: 1 keys are not in' in err
   assert err.strip().count('\n') == 0 and not (tmp_path / 'out').exists()
+
+
+peer_flags = _load_script('peer_flags')
+
+
+class _PeerByColour:
+  """Stands in for dlib: a photo's descriptor is its mean colour, so photos painted alike are one person."""
+
+  def describe(self, rgb):
+    return np.full(128, rgb.mean() / 255.0 * 2.0, np.float32) / np.sqrt(128), True
+
+
+def test_peer_second_opinion_on_flags_and_peer_confirmed_precision(tmp_path):
+  from PIL import Image
+  people = {'p0': [40, 40, 40, 200], 'p1': [200], 'p2': [205]}  # p0/3.jpg is another person; p1 and p2 one person
+  meta = {}
+  for person, shades in people.items():
+    for k, shade in enumerate(shades):
+      path = tmp_path / 'data' / 'train' / 'images' / person / f'{k}.jpg'
+      path.parent.mkdir(parents=True, exist_ok=True)
+      Image.new('RGB', (32, 32), (shade,) * 3).save(path, quality=95)
+      meta[f'{person}/{k}.jpg'] = 0
+  (tmp_path / 'data' / 'train' / 'meta.json').write_text(__import__('json').dumps(meta))
+  report = tmp_path / 'report'
+  report.mkdir()
+  (report / 'report.csv').write_text(
+      'kind,folder,photo,other,score,threshold,detail\n'
+      'outlier,p0,p0/3.jpg,,0.01,0.25,does not match the folder\n'
+      'outlier,p0,p0/0.jpg,,0.20,0.25,does not match the folder\n'
+      'merge,p1,,p2,0.5,0.25,same person in two folders?\n')
+  describe = peer_flags.Describer(_PeerByColour(), tmp_path / 'data')
+  flagged, merges = peer_flags.read_report(report)
+  real_of = {'p0': [f'p0/{k}.jpg' for k in range(4)], 'p1': ['p1/0.jpg'], 'p2': ['p2/0.jpg']}
+  photo_rows = peer_flags.judge_photos(describe, flagged, real_of)
+  verdict = {(r['photo'], r['flagged']): r['dlib_other_person'] for r in photo_rows}
+  assert verdict[('p0/3.jpg', 1)] == 1 and verdict[('p0/0.jpg', 1)] == 0  # the peer backs one flag, not the other
+  assert verdict[('p0/1.jpg', 0)] == 0 and verdict[('p0/2.jpg', 0)] == 0
+  merge_rows = peer_flags.judge_merges(describe, merges, real_of)
+  assert merge_rows[0]['dlib_same_person'] == 1 and merge_rows[0]['photos'] == '1+1'
+  summary = peer_flags.summarise(photo_rows, merge_rows, describe.faceless)
+  assert summary['flagged_photos_dlib_other_person'] == {'judged': 2, 'yes': 1, 'share': 0.5}
+
+  out = tmp_path / 'peer'
+  out.mkdir()
+  peer_flags._write(out / 'photos.csv', photo_rows)  # pylint: disable=protected-access
+  peer_flags._write(out / 'merges.csv', merge_rows)  # pylint: disable=protected-access
+  verdicts = label_noise.read_peer_verdicts(out)
+  assert verdicts == {'photos': {'p0/3.jpg'}, 'merges': {('p1', 'p2')}}
+  # 4 flags: 2 injected, 2 flagged on the clean copy too, of which the peer confirms 1 -> 3 of 4 count as true.
+  scores = label_noise.score_photos({'a', 'b', 'p0/3.jpg', 'p0/0.jpg'}, {'a', 'b'}, {'p0/3.jpg', 'p0/0.jpg'},
+                                    confirmed={'p0/3.jpg'})
+  assert (scores['precision'], scores['precision_peer_confirmed'], scores['preexisting_peer_confirmed']) == (
+      0.5, 0.75, 1)
