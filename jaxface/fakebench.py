@@ -8,8 +8,9 @@ map, the embedding), the loss (`losses.fake_bce`) and the optimiser of the fake 
 and the budget is a fixed small number of steps.
 
 Cheap by construction: the full backbone runs once per photo (`backbone_features`: embedding and the per-channel mean
-and variance of the stage-2 map); per step only the frozen stem (one strided conv and one depthwise block, a few
-MFLOPs) and the head run. The stage-2 map reaches the head as a (B, 2, 1, C) map holding mean + sd and mean - sd,
+and variance of the stage-2 map); per step only the stem (one strided conv and one depthwise block, a few MFLOPs) and
+the head run. `Recipe.train_stem` lets the fake loss tune the stem too, as training does (its BatchNorm statistics
+stay frozen; the embedding and stage-2 map keep coming from the frozen backbone). The stage-2 map reaches the head as a (B, 2, 1, C) map holding mean + sd and mean - sd,
 whose per-channel mean and variance are exactly the real map's, so the head's `mean_std_pool` sees the same numbers.
 """
 from __future__ import annotations
@@ -113,6 +114,8 @@ class Recipe:
   lr: float = 1e-3
   launder_prob: float = 0.0
   seed: int = 0
+  train_stem: bool = False  # the fake loss also tunes the stem's weights, at stem_lr_mult x lr
+  stem_lr_mult: float = 0.1
 
 
 def sampling_weights(labels: np.ndarray, sources: np.ndarray, balance_sources: bool) -> np.ndarray:
@@ -142,17 +145,25 @@ def _init(model: FakeHead, stem, inputs: HeadInputs, seed: int):
 
 
 @functools.lru_cache(maxsize=8)
-def _trainer(mode: str, lr: float):
-  """(model, optimiser, jitted step) for one head mode, compiled once and shared by every training run."""
+def _trainer(mode: str, lr: float, train_stem: bool = False, stem_lr_mult: float = 0.1):
+  """(model, optimiser, jitted step) for one head mode, compiled once and shared by every training run.
+
+  The step's parameters are {'head': head params, 'stem': stem params}; with train_stem False the stem gets no update.
+  """
   model = FakeHead(mode, train=True)
-  tx = optax.adam(lr)
+  stem_tx = optax.adam(lr * stem_lr_mult) if train_stem else optax.set_to_zero()
+  labels = lambda params: {part: jax.tree.map(lambda _, name=part: name, tree) for part, tree in params.items()}
+  tx = optax.multi_transform({'head': optax.adam(lr), 'stem': stem_tx}, labels)
 
   @jax.jit
-  def step(params, batch_stats, opt_state, stem, faces, embedding, s2_mean, s2_var, is_fake):
-    stages = head_stages(stem, faces, s2_mean, s2_var)
+  def step(params, batch_stats, opt_state, stem_stats, faces, embedding, s2_mean, s2_var, is_fake):
 
     def loss_fn(p):
-      logit, updates = model.apply({'params': p, **({'batch_stats': batch_stats} if batch_stats else {})},
+      stem = {'params': p['stem'], 'batch_stats': stem_stats}
+      stages = head_stages(stem, faces, s2_mean, s2_var)
+      if not train_stem:
+        stages = jax.lax.stop_gradient(stages)
+      logit, updates = model.apply({'params': p['head'], **({'batch_stats': batch_stats} if batch_stats else {})},
                                    embedding, stages, mutable=['batch_stats'])
       return losses.fake_bce(logit, is_fake), updates.get('batch_stats', {})
 
@@ -171,14 +182,18 @@ def _mix(batch: HeadInputs, other: HeadInputs, swap: np.ndarray) -> HeadInputs:
 
 def train_head(stem: dict[str, Any], inputs: HeadInputs, labels: np.ndarray, weights: np.ndarray, recipe: Recipe,
                laundered: HeadInputs | None = None) -> dict[str, Any]:
-  """Trains a fresh FakeHead(recipe.mode) on `inputs` -> its variables ({'params', 'batch_stats'})."""
+  """Trains a fresh FakeHead(recipe.mode) on `inputs` -> its variables ({'params', 'batch_stats', 'stem'}).
+
+  'stem' holds the stem variables the head was trained with (tuned when recipe.train_stem); `score_head` uses them.
+  """
   if recipe.mode not in MODES:
     raise ValueError(f'fake head mode {recipe.mode!r} is not one of {", ".join(MODES)}')
   if recipe.launder_prob > 0 and (laundered is None or len(laundered) != len(inputs)):
     raise ValueError('launder_prob > 0 needs one laundered copy per training example (laundered=HeadInputs)')
-  model, tx, step = _trainer(recipe.mode, recipe.lr)
+  model, tx, step = _trainer(recipe.mode, recipe.lr, recipe.train_stem, recipe.stem_lr_mult)
   variables = _init(model, stem, inputs, recipe.seed)
-  params, batch_stats = variables['params'], variables.get('batch_stats', {})
+  params = {'head': variables['params'], 'stem': stem['params']}
+  batch_stats = variables.get('batch_stats', {})
   opt_state = tx.init(params)
   rng = np.random.default_rng(recipe.seed)
   labels = np.asarray(labels, np.int32)
@@ -187,9 +202,10 @@ def train_head(stem: dict[str, Any], inputs: HeadInputs, labels: np.ndarray, wei
     batch = inputs.take(index)
     if recipe.launder_prob > 0:
       batch = _mix(batch, laundered.take(index), rng.random(recipe.batch_size) < recipe.launder_prob)
-    params, batch_stats, opt_state, _ = step(params, batch_stats, opt_state, stem, batch.faces, batch.embedding,
-                                             batch.stage2_mean, batch.stage2_var, labels[index])
-  return {'params': params, 'batch_stats': batch_stats}
+    params, batch_stats, opt_state, _ = step(params, batch_stats, opt_state, stem['batch_stats'], batch.faces,
+                                             batch.embedding, batch.stage2_mean, batch.stage2_var, labels[index])
+  return {'params': params['head'], 'batch_stats': batch_stats,
+          'stem': {'params': params['stem'], 'batch_stats': stem['batch_stats']}}
 
 
 @functools.lru_cache(maxsize=8)
@@ -198,15 +214,19 @@ def _scorer(mode: str):
 
   @jax.jit
   def score(variables, stem, faces, embedding, s2_mean, s2_var):
-    variables = {k: v for k, v in variables.items() if v}
+    variables = {k: v for k, v in variables.items() if v and k in ('params', 'batch_stats')}
     return model.apply(variables, embedding, head_stages(stem, faces, s2_mean, s2_var))
   return score
 
 
 def score_head(variables: dict[str, Any], stem: dict[str, Any], inputs: HeadInputs, mode: str,
                batch_size: int = 128) -> np.ndarray:
-  """Fake logits (N,) of a trained head on `inputs` (eval mode: BatchNorm running statistics)."""
+  """Fake logits (N,) of a trained head on `inputs` (eval mode: BatchNorm running statistics).
+
+  The stem is the one the head was trained with (variables['stem']) where `train_head` recorded it, else `stem`.
+  """
   score = _scorer(mode)
+  stem = variables.get('stem', stem)
   out = []
   for start in range(0, len(inputs), batch_size):
     chunk = inputs.take(np.arange(start, min(start + batch_size, len(inputs))))

@@ -53,6 +53,8 @@ RECIPES = {  # name -> (fakebench.Recipe fields, balance_sources); --ablate runs
     'launder_aug+balanced': ({'launder_prob': 0.5}, True),
     'input_features': ({'mode': 'features'}, False),
     'budget_x3': ({'steps_x': 3}, False),  # is the fixed budget what holds the head back?
+    'train_stem': ({'train_stem': True}, False),  # the fake loss tunes the stem too, as in training
+    'budget_x3+stem': ({'steps_x': 3, 'train_stem': True}, False),
 }
 PROBE_COLUMNS = (*launder_lib.PROBES, 'face_px')
 FACE_JPEG = 95  # what the align cache and the prepared datasets store; every face here is stored the same way
@@ -91,8 +93,9 @@ def _open_cache(root: pathlib.Path) -> AlignCache:
 
 
 def _cached(cache: AlignCache, path: str):
-  """The cached face of a photo; the cache keys the absolute path as spelled, so '<repo>/../shared/...' (what
-  `--data-dir ../shared/...` gives) is tried as well as the plain path."""
+  """The cached face of a photo. The cache keys photos by content, but an entry of a cache written before that is
+  found by its absolute path as spelled then, so '<repo>/../shared/...' (what `--data-dir ../shared/...` gave) is
+  tried as well as the plain path; a hit links the entry under its content key."""
   found = cache.get(path)
   if found is None and pathlib.Path(path).is_relative_to(ROOT.parent):
     found = cache.get(ROOT / '..' / pathlib.Path(path).relative_to(ROOT.parent))

@@ -149,3 +149,23 @@ def test_every_source_of_the_shared_data_is_found():
   assert sources == {'orl', 'yale', 'lfw_real', 'lfw_swap', 'stylegan3', 'celeba_wild', 'celeba_aligned', 'ffhq_real',
                      'stylegan2'}
   assert {it.role for it in items if it.source == 'celeba_wild'} == {'test_real', 'base'}
+
+
+def test_train_stem_tunes_the_stem_and_scores_with_it_while_the_default_leaves_it(mbf_variables):
+  rng = np.random.default_rng(1)
+  n, side = 32, 32
+  faces = rng.integers(0, 255, (n, side, side, 3)).astype(np.uint8)
+  labels = (np.arange(n) % 2).astype(np.int32)
+  inputs = fakebench.HeadInputs(faces, rng.normal(size=(n, 128)).astype(np.float32),
+                                rng.normal(size=(n, 64)).astype(np.float32), np.ones((n, 64), np.float32))
+  stem = fakebench.stem_variables(mbf_variables)
+  weights = np.full(n, 1.0 / n)
+  frozen = fakebench.train_head(stem, inputs, labels, weights, fakebench.Recipe(steps=3, batch_size=8))
+  tuned = fakebench.train_head(stem, inputs, labels, weights, fakebench.Recipe(steps=3, batch_size=8, train_stem=True))
+  unchanged = lambda v: all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(v['stem']['params']),
+                                                                  jax.tree.leaves(stem['params'])))
+  assert unchanged(frozen) and not unchanged(tuned)
+  # Scoring uses the stem the head was trained with: swapping it in by hand gives the same logits.
+  by_record = fakebench.score_head(tuned, stem, inputs, 'traces')
+  by_hand = fakebench.score_head({k: v for k, v in tuned.items() if k != 'stem'}, tuned['stem'], inputs, 'traces')
+  np.testing.assert_allclose(by_record, by_hand, rtol=1e-5, atol=1e-5)
