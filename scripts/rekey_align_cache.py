@@ -51,7 +51,8 @@ def _faces_by_jpeg(tfds_dir: pathlib.Path) -> dict[str, set[str]]:
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.config.set_visible_devices([], 'GPU')
-  files = sorted(glob.glob(str(tfds_dir / 'jaxface_faces' / '*' / '*.tfrecord*')))
+  # jaxface_faces/<config>/<version>/ (2.0.0) or jaxface_faces/<version>/ (1.0.0)
+  files = sorted(glob.glob(str(tfds_dir / 'jaxface_faces' / '**' / '*.tfrecord*'), recursive=True))
   if not files:
     raise FileNotFoundError(f'{tfds_dir}: no jaxface_faces TFRecords (give the --out of scripts/preprocess.py)')
   found: dict[str, set[str]] = {}
