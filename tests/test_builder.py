@@ -287,3 +287,41 @@ def test_a_dataset_of_the_old_layout_is_refused_then_rewritten(data_dir, tmp_pat
   assert not old.exists() and prepared.is_current(out) and prepared.open_dir(out).num_classes == 6
   with pytest.raises(ConfigError, match='no prepared jaxface_faces dataset here'):
     prepared.open_dir(tmp_path / 'empty')
+
+
+def _load_script(name: str):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).resolve().parents[1] / 'scripts' /
+                                                f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_a_copied_folder_finds_its_faces_and_a_legacy_cache_is_rekeyed(data_dir, written, tmp_path):
+  import shutil  # pylint: disable=import-outside-toplevel
+  from jaxface.align import cache as cache_lib  # pylint: disable=import-outside-toplevel
+  out, report = written
+  photos = report['counts']['images']
+  copy = tmp_path / 'copy'
+  shutil.copytree(data_dir, copy, copy_function=shutil.copy)  # new modification times, like a fresh copy
+  again = builder.prepare(copy, tmp_path / 'again', _options(cache_dir=str(out / builder.DEFAULT_CACHE_NAME)))
+  assert (again['aligned_now'], again['from_cache']) == (0, photos)
+
+  # A cache written before content keys (entries under path-and-mtime keys) whose photos were copied again since.
+  [entries] = list((out / builder.DEFAULT_CACHE_NAME).glob('none-*'))
+  legacy = tmp_path / 'legacy' / entries.name
+  shutil.copytree(entries, legacy)
+  for entry in legacy.glob('*/*.npz'):
+    entry.unlink()
+  for photo in sorted(copy.rglob('*.jpg')):
+    key = cache_lib.legacy_source_key(photo)
+    (legacy / key[:2]).mkdir(exist_ok=True)
+    shutil.copy(entries / cache_lib.source_key(photo)[:2] / f'{cache_lib.source_key(photo)}.npz',
+                legacy / key[:2] / f'{key}.npz')
+    os.utime(photo, ns=(10**18, 10**18))  # the old keys no longer match
+  rekey = _load_script('rekey_align_cache')
+  counts = rekey.rekey(out, copy, tmp_path / 'rekeyed', tmp_path / 'legacy')
+  assert counts['matched'] == counts['old_entries'] > 0 and counts['photo_missing'] == 0
+  third = builder.prepare(copy, tmp_path / 'third', _options(cache_dir=str(tmp_path / 'rekeyed')))
+  assert (third['aligned_now'], third['from_cache']) == (0, photos)
