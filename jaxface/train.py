@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import pathlib
@@ -36,6 +35,7 @@ from jaxface import checkpoints
 from jaxface import inference
 from jaxface import convert
 from jaxface import distributed
+from jaxface import logbook
 from jaxface import losses
 from jaxface import optim
 from jaxface import metrics as metrics_lib
@@ -221,60 +221,6 @@ def _unreplicate(tree):
   return jax.tree.map(lambda x: np.asarray(x[0]), tree)
 
 
-class _MetricWriter:
-  """Metrics to `metrics.jsonl` and TensorBoard event files in the workdir (process 0 only).
-
-  A run resumed at step S first truncates `metrics.jsonl` to the lines of steps <= S: the steps after the checkpoint
-  it resumes from are trained (and logged) again, so each step appears once, with the values of the run that kept it.
-  """
-
-  def __init__(self, workdir: pathlib.Path, start_step: int = 0):
-    self.enabled = jax.process_index() == 0
-    if self.enabled:
-      _truncate_metrics(workdir / 'metrics.jsonl', start_step)
-    self._jsonl = open(workdir / 'metrics.jsonl', 'a') if self.enabled else None
-    self._tb = None
-    if self.enabled:
-      try:
-        from flax.metrics import tensorboard  # pylint: disable=g-import-not-at-top
-        self._tb = tensorboard.SummaryWriter(str(workdir / 'tensorboard'))
-      except ImportError:  # TensorBoard is optional for the JSON-lines log.
-        self._tb = None
-
-  def write(self, step: int, scalars: dict) -> None:
-    if not self.enabled:
-      return
-    scalars = {k: float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
-    self._jsonl.flush()
-    if self._tb is not None:
-      for k, v in scalars.items():
-        self._tb.scalar(k, v, step)
-      self._tb.flush()
-
-  def close(self) -> None:
-    if self._jsonl:
-      self._jsonl.close()
-    if self._tb is not None:
-      self._tb.close()
-
-
-def _truncate_metrics(path: pathlib.Path, last_step: int) -> None:
-  """Keeps the lines of steps <= last_step (and drops a line cut short by a kill), atomically."""
-  if not path.is_file():
-    return
-  kept = []
-  for line in path.read_text().splitlines():
-    try:
-      if json.loads(line)['step'] <= last_step:
-        kept.append(line + '\n')
-    except (ValueError, KeyError, TypeError):
-      continue
-  tmp = path.with_name(f'.{path.name}.tmp')
-  tmp.write_text(''.join(kept))
-  os.replace(tmp, path)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Plan:
   """How long a run is, in steps of the global batch."""
@@ -397,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       train_step, model=model, head=head, tx=tx, config=config, lr_fn=lr_fn)), axis_name='batch', donate_argnums=(0,))
   rstate = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (plan.num_devices,) + np.shape(x)), state)
   batches = pipeline.train_dataset(dataset, config, num_devices=plan.num_devices, start_step=step, seed=config.seed)
-  writer = _MetricWriter(workdir, start_step=step)
+  writer = logbook.MetricWriter(workdir, start_step=step)
   validate = _Validator(model, dataset, config, workdir, writer)
   progress = _progress(plan.total_steps, step, config)
   summaries, t0 = [], time.time()
