@@ -62,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
   config.max_nonfinite_steps = 20
   config.init_from = ''  # a folder written by python -m jaxface.convert
+  # Validation embeds mirrored faces too, so the fuse strength and threshold are calibrated for flip-TTA scoring;
+  # the checkpoint records it and evaluate, verify and export score that way unless told otherwise.
+  config.flip_tta = False
   config.distributed = False  # jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set)
   config.progress = True
 

@@ -245,7 +245,7 @@ def write_outputs(scores: PairScores, result: dict[str, Any], out_dir, fuse_stre
 
 def evaluate(checkpoint, out_dir, *, data_dir=None, tfds_dir=None, split: str = 'test', labels_path=None,
              aligner: str | None = None, aligner_path: str | None = None, batch_pairs: int = 16,
-             flip_tta: bool = False, progress: bool = True, limit: int | None = None) -> dict[str, Any]:
+             flip_tta: bool | None = None, progress: bool = True, limit: int | None = None) -> dict[str, Any]:
   """Loads a checkpoint, scores the pairs of a folder or a TFDS split, writes the outputs; returns the metrics.
 
   Exactly one of `data_dir` (a challenge folder with test_public/) and `tfds_dir` (a jaxface_faces TFDS folder) is
@@ -279,7 +279,7 @@ def evaluate(checkpoint, out_dir, *, data_dir=None, tfds_dir=None, split: str = 
   result = metrics.pair_metrics(scores, verifier.fuse_strength, verifier.threshold)
   result.update({'checkpoint': str(checkpoint), 'source': str(data_dir or f'{tfds_dir}:{split}'),
                  'aligner': verifier.aligner_name if data_dir is not None else 'tfds (pre-aligned)',
-                 'flip_tta': flip_tta, 'seconds': seconds,
+                 'flip_tta': verifier.flip_tta, 'seconds': seconds,
                  'pairs_per_second': len(scores.pair_ids) / max(seconds, 1e-9)})
   if data_dir is not None:
     pairs_dir = challenge.test_pairs_dir(data_dir)
@@ -301,7 +301,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument('--aligner', default=None, help='dfa | mtcnn | retinaface | none (default: the one the model trained with)')
   parser.add_argument('--aligner-path', default=None, help='aligner weights (DFA snapshot folder, RetinaFace .pth)')
   parser.add_argument('--batch-pairs', type=int, default=16, help='pairs per network call')
-  parser.add_argument('--flip-tta', action='store_true', help='also embed mirrored faces, fused by embedding norm')
+  parser.add_argument('--flip-tta', action=argparse.BooleanOptionalAction, default=None,
+                      help='also embed mirrored faces, fused by embedding norm (default: as the checkpoint was '
+                      'calibrated, config.flip_tta)')
   parser.add_argument('--limit', type=int, default=None, help='score only the first N pairs (quick checks)')
   parser.add_argument('--no-progress', action='store_true', help='no progress bar')
   return parser.parse_args(argv)

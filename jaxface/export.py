@@ -88,12 +88,14 @@ def metadata(config, scoring_params: dict, *, embedding_size: int, flip_tta: boo
   }
 
 
-def _load(checkpoint: str | pathlib.Path, flip_tta: bool) -> tuple[Callable[[dict, Any], tuple], dict, dict]:
+def _load(checkpoint: str | pathlib.Path, flip_tta: bool | None) -> tuple[Callable[[dict, Any], tuple], dict, dict]:
   """(serving function, variables, metadata) of a checkpoint (a workdir, a step folder or a converted folder)."""
   from jaxface import checkpoints  # pylint: disable=import-outside-toplevel
   from jaxface.inference import ALIGNED_SIZE, build_inference_model  # pylint: disable=import-outside-toplevel
 
   config, variables, scoring_params = checkpoints.load_inference(checkpoint)
+  if flip_tta is None:  # as the checkpoint's scoring was calibrated
+    flip_tta = bool(scoring_params.get('flip_tta', False))
   model = build_inference_model(config.model)
   fn = serving_function(model, int(config.model.get('input_size', ALIGNED_SIZE)), flip_tta)
   face = jax.ShapeDtypeStruct((1, FACE_SIZE, FACE_SIZE, 3), jnp.uint8)
@@ -165,7 +167,7 @@ def to_savedmodel(fn: Callable[[dict, Any], tuple], variables: dict, info: dict[
   return out
 
 
-def export(checkpoint: str | pathlib.Path, fmt: str, out: str | pathlib.Path, *, flip_tta: bool = False,
+def export(checkpoint: str | pathlib.Path, fmt: str, out: str | pathlib.Path, *, flip_tta: bool | None = None,
            platforms: Sequence[str] = DEFAULT_PLATFORMS) -> pathlib.Path:
   """Exports a checkpoint (workdir, step folder or converted folder) as 'onnx' or 'savedmodel' to `out`.
 
@@ -192,7 +194,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help='a training workdir (its best checkpoint), one checkpoint step, or a jaxface.convert folder')
   parser.add_argument('--format', required=True, choices=FORMATS)
   parser.add_argument('--out', required=True, help='the .onnx file, or the SavedModel folder')
-  parser.add_argument('--flip-tta', action='store_true', help='also embed the mirrored face inside the graph')
+  parser.add_argument('--flip-tta', action=argparse.BooleanOptionalAction, default=None,
+                      help='also embed the mirrored face inside the graph (default: as the checkpoint was calibrated)')
   parser.add_argument('--platforms', default=','.join(DEFAULT_PLATFORMS),
                       help='savedmodel: the platforms the StableHLO is lowered for (comma-separated)')
   return parser.parse_args(argv)

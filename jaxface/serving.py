@@ -83,11 +83,12 @@ class OnnxNetwork:
 
 
 def load_verifier(verifier_cls, path: str | os.PathLike, *, aligner=None, aligner_path: str | None = None,
-                  batch_size: int = 32, flip_tta: bool = False):
+                  batch_size: int = 32, flip_tta: bool | None = None):
   """A `FaceVerifier` (or subclass `verifier_cls`) whose network is an exported ONNX model in onnxruntime.
 
   The scoring calibration and the default aligner come from the file's metadata. Flip TTA is part of the exported
-  graph (`python -m jaxface.export --flip-tta`), so `flip_tta=True` needs a model exported with it.
+  graph (`python -m jaxface.export --flip-tta`), so `flip_tta=True` needs a model exported with it and None takes
+  the graph as it is.
 
   Raises:
     ServingError: a missing, unreadable or non-jaxface file, or flip TTA asked of a model exported without it.

@@ -174,7 +174,8 @@ def train_step(state: dict, batch: dict, *, model, head, tx, config: ml_collecti
   return new_state, summary
 
 
-def validate_pairs(model, variables: dict, pairs, *, input_size: int, batch_size: int) -> dict:
+def validate_pairs(model, variables: dict, pairs, *, input_size: int, batch_size: int, flip_tta: bool = False
+                   ) -> dict:
   """Scores the validation pairs and calibrates the fuse strength and the threshold on them.
 
   Runs the same network and metrics as `jaxface.evaluate` (`inference.score_pairs`, `metrics.pair_metrics`).
@@ -186,7 +187,7 @@ def validate_pairs(model, variables: dict, pairs, *, input_size: int, batch_size
     `jaxface.metrics`), eer_identity_fake_pairs and eer_fused_fake_pairs (same-person pairs against the pairs holding
     a fake), pairs (labelled).
   """
-  network = inference.Network(model, variables, input_size=input_size, batch_size=batch_size)
+  network = inference.Network(model, variables, input_size=input_size, batch_size=batch_size, flip_tta=flip_tta)
   parts = [inference.score_pairs(network, batch['image0'], batch['image1'], labels=batch['label'],
                                  kinds=batch['kind'], is_fake0=batch.get('is_fake0'), is_fake1=batch.get('is_fake1'))
            for batch in pairs]
@@ -281,8 +282,9 @@ class _Validator:
     config = self.config
     pairs = pipeline.pairs_dataset(self.dataset, 'val', config, config.eval_batch_size,
                                    process_index=jax.process_index(), process_count=jax.process_count())
+    flip_tta = bool(config.get('flip_tta', False))
     result = validate_pairs(self.model, variables, pairs, input_size=config.model.input_size,
-                            batch_size=2 * config.eval_batch_size)
+                            batch_size=2 * config.eval_batch_size, flip_tta=flip_tta)
     self.writer.write(step, {f'val_{k}': v for k, v in result.items()})
     log.info('step %d: validation EER identity-only %.4f, fused %.4f (strength %.2f) on %d pairs; on the pairs with '
              'fakes %.4f vs %.4f; fake-in-pair AUC %.3f', step, result['eer_identity'], result['eer_fused'],
@@ -290,7 +292,8 @@ class _Validator:
              result['eer_fused_fake_pairs'], result['fake_pair_auc'])
     if result['eer_fused'] <= self.best_meta.get('val', {}).get('eer_fused', np.inf):
       self.best_meta = {'step': step, 'val': result,
-                        'scoring': {'fuse_strength': result['fuse_strength'], 'threshold': result['threshold']}}
+                        'scoring': {'fuse_strength': result['fuse_strength'], 'threshold': result['threshold'],
+                                    'flip_tta': flip_tta}}
       if step in self.best.all_steps():  # saved by a run killed before its training checkpoint of this step
         self.best.delete(step)
       checkpoints.save(self.best, step, variables, self.best_meta, force=True)

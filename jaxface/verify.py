@@ -77,7 +77,8 @@ class FaceVerifier:
       (raw photos are then refused; aligned 112x112 crops still work).
     aligner_path: weights location for a named aligner.
     batch_size: the largest batch the network sees.
-    flip_tta: also embed mirrored faces and fuse the two embeddings by their norms (AdaFace validation).
+    flip_tta: also embed mirrored faces and fuse the two embeddings by their norms (AdaFace validation). `load` and
+      `from_inference` take None (the default) as the checkpoint's own setting: how its scoring was calibrated.
   """
 
   def __init__(self, model, variables: dict, scoring_params: dict, *, input_size: int = ALIGNED_SIZE,
@@ -101,7 +102,7 @@ class FaceVerifier:
 
   @classmethod
   def load(cls, checkpoint: str | os.PathLike, *, aligner: Any = None, aligner_path: str | None = None,
-           batch_size: int = 32, flip_tta: bool = False) -> FaceVerifier:
+           batch_size: int = 32, flip_tta: bool | None = None) -> FaceVerifier:
     """Loads a training workdir (its best checkpoint) or one checkpoint folder.
 
     `aligner` defaults to the one the model's training data was aligned with (config.data.aligner).
@@ -122,9 +123,12 @@ class FaceVerifier:
 
   @classmethod
   def from_inference(cls, config, variables: dict, scoring_params: dict, *, aligner: Any = None,
-                     aligner_path: str | None = None, batch_size: int = 32, flip_tta: bool = False) -> FaceVerifier:
+                     aligner_path: str | None = None, batch_size: int = 32, flip_tta: bool | None = None
+                     ) -> FaceVerifier:
     """A verifier from what `jaxface.checkpoints.load_inference` returns (config, variables, scoring)."""
     data = config.get('data') or {}
+    if flip_tta is None:
+      flip_tta = bool(scoring_params.get('flip_tta', False))
     if aligner is None:
       aligner = data.get('aligner') or 'none'
       aligner_path = aligner_path or data.get('aligner_path') or None
@@ -277,7 +281,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument('--aligner-path', default=None, help='aligner weights (DFA snapshot folder, RetinaFace .pth)')
   parser.add_argument('--aligned', action='store_true', help='the photos are already aligned 112x112 faces')
   parser.add_argument('--threshold', type=float, default=None, help='override the stored decision threshold')
-  parser.add_argument('--flip-tta', action='store_true', help='also embed mirrored faces (slower, a bit better)')
+  parser.add_argument('--flip-tta', action=argparse.BooleanOptionalAction, default=None,
+                      help='also embed mirrored faces (default: as the checkpoint was calibrated)')
   return parser.parse_args(argv)
 
 

@@ -54,14 +54,17 @@ def _faces(count: int, seed: int = 0) -> np.ndarray:
   return np.clip(base + rng.integers(-60, 60, (count, 112, 112, 3)), 0, 255).astype(np.uint8)
 
 
-def _workdir(path: pathlib.Path, model_config: dict) -> pathlib.Path:
-  """A best checkpoint of a random model in the layout training writes."""
+def _workdir(path: pathlib.Path, model_config: dict, flip_tta: bool | None = None) -> pathlib.Path:
+  """A best checkpoint of a random model in the layout training writes (scoring calibrated with flip TTA or not;
+  None: a checkpoint from before config.flip_tta, which records nothing)."""
   config = ml_collections.ConfigDict({'model': dict(model_config), 'data': {'aligner': 'mtcnn', 'aligner_path': ''}})
   checkpoints.save_config(path, config)
   manager = checkpoints.best_manager(path)
   variables = random_variables(build_inference_model(config.model))
-  checkpoints.save(manager, 3, variables, {'step': 3, 'scoring': {'fuse_strength': STRENGTH, 'threshold': THRESHOLD}},
-                   force=True)
+  scoring_meta = {'fuse_strength': STRENGTH, 'threshold': THRESHOLD}
+  if flip_tta is not None:
+    scoring_meta['flip_tta'] = flip_tta
+  checkpoints.save(manager, 3, variables, {'step': 3, 'scoring': scoring_meta}, force=True)
   manager.close()
   return path
 
@@ -307,3 +310,13 @@ def test_trained_workdirs(run, tmp_path):
   if not (workdir / 'config.json').is_file():
     pytest.skip(f'{workdir} not found (a trained workdir; a fresh clone has no runs/)')
   _check_real(workdir, tmp_path)
+
+
+def test_a_checkpoint_calibrated_with_flip_tta_is_scored_and_exported_with_it(tmp_path):
+  flipped = _workdir(tmp_path / 'flipped', TINY['ir'], flip_tta=True)
+  assert FaceVerifier.load(flipped).flip_tta and not FaceVerifier.load(flipped, flip_tta=False).flip_tta
+  assert not FaceVerifier.load(_workdir(tmp_path / 'plain', TINY['ir'], flip_tta=False)).flip_tta
+  assert not FaceVerifier.load(_workdir(tmp_path / 'old', TINY['ir'])).flip_tta
+  pytest.importorskip('jax2onnx', reason='ONNX export needs the export extra: pip install -e ".[export]"')
+  onnx_path = export.export(flipped, 'onnx', tmp_path / 'flipped.onnx')
+  assert FaceVerifier.load(onnx_path).flip_tta
