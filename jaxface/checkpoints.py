@@ -20,6 +20,7 @@ training resumes with, then moves it to `checkpoints_corrupt/` with one warning 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -116,14 +117,29 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
   check_structure(manager, step, abstract_state)
   where = pathlib.Path(manager.directory) / str(step)
   try:
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    with _asyncio_quiet():
+      restored = manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
   except Exception as error:  # pylint: disable=broad-except  (Orbax and TensorStore raise many kinds on bad files)
     raise CorruptCheckpoint(f'{where}: unreadable ({type(error).__name__}: {_first_line(error)})') from None
   meta = dict(restored.meta or {})
   if DIGEST_KEY in meta and digest(restored.state) != meta[DIGEST_KEY]:
     raise CorruptCheckpoint(f'{where}: its arrays do not match the digest saved with them (altered after the write)')
   return restored.state, meta, step
+
+
+@contextlib.contextmanager
+def _asyncio_quiet():
+  """Silences the `asyncio` logger: when one read of a damaged step fails, Orbax's other concurrent reads fail too, and
+  asyncio logs each as "unhandled exception during asyncio.run() shutdown" with a full traceback (hundreds of lines on
+  a training state). The failure itself is raised and reported in one line (CorruptCheckpoint)."""
+  logger = logging.getLogger('asyncio')
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, dict, int]:
