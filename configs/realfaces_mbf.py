@@ -21,8 +21,9 @@ How it is set, and why:
 
 Measured 2026-12-03 on the 2-core CPU (README, real-faces table). Without flip TTA: training 22.8 min wall (436
 steps, about 27 images/s once compiled, two validations included); realfaces-train test pairs cosine 0.054, fused
-0.060. With `flip_tta` (this config): 39 min wall next to two other jobs on the 2 cores; the best checkpoint is the
-same step-218 model (training is deterministic), validated at cosine 0.052, fused 0.040. realfaces-train test pairs:
+0.060. With `flip_tta` (this config): 22.8 min wall on idle cores too (1,368 s, validations with flip included; 39
+min when two other jobs shared the cores); the best checkpoint is the same step-218 model (training is
+deterministic), validated at cosine 0.052, fused 0.040. realfaces-train test pairs:
 fused **0.048**, cosine 0.054 (same vs different 0.056 / 0.054, same vs fake 0.038 / 0.056), TAR at FAR 1e-3 0.888,
 fake-in-pair AUC 0.862; realfaces-dev test pairs fused 0.007. The pretrained net alone scores cosine 0.058. The fake
 head does not carry over to realfaces-dev's generators (AUC 0.455), so fusing helps only against StyleGAN2 fakes.
