@@ -1,19 +1,17 @@
 """scripts/bench.py must compare identical work: its JAX model and its PyTorch twin have the same parameters."""
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from script_loader import load_script
+
 torch = pytest.importorskip('torch')
 
-_SPEC = importlib.util.spec_from_file_location('bench', pathlib.Path(__file__).parent.parent / 'scripts' / 'bench.py')
-bench = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench)
+bench = load_script('bench')
 
 
 def _shapes(tree) -> list[tuple[int, ...]]:

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import pathlib
 
 import numpy as np
 from PIL import Image
 
-_SPEC = importlib.util.spec_from_file_location(
-    'blocking_pairs', pathlib.Path(__file__).parent.parent / 'scripts' / 'blocking_pairs.py')
-blocking_pairs = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(blocking_pairs)
+from script_loader import load_script
+
+blocking_pairs = load_script('blocking_pairs')
 
 
 def _write_scores(path: pathlib.Path, rows: list[tuple[str, float, int, str]]) -> None:

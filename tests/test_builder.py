@@ -22,6 +22,7 @@ from PIL import Image
 from jaxface.align import base, template
 from jaxface.config import ConfigError
 from jaxface.data import builder, challenge, plan, prepared, synthetic
+from script_loader import load_script
 
 import tensorflow_datasets as tfds  # noqa: E402  (after jaxface.data.builder hid the GPUs)
 
@@ -289,15 +290,6 @@ def test_a_dataset_of_the_old_layout_is_refused_then_rewritten(data_dir, tmp_pat
     prepared.open_dir(tmp_path / 'empty')
 
 
-def _load_script(name: str):
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).resolve().parents[1] / 'scripts' /
-                                                f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_a_copied_folder_finds_its_faces_and_a_legacy_cache_is_rekeyed(data_dir, written, tmp_path):
   import shutil  # pylint: disable=import-outside-toplevel
   from jaxface.align import cache as cache_lib  # pylint: disable=import-outside-toplevel
@@ -320,7 +312,7 @@ def test_a_copied_folder_finds_its_faces_and_a_legacy_cache_is_rekeyed(data_dir,
     shutil.copy(entries / cache_lib.source_key(photo)[:2] / f'{cache_lib.source_key(photo)}.npz',
                 legacy / key[:2] / f'{key}.npz')
     os.utime(photo, ns=(10**18, 10**18))  # the old keys no longer match
-  rekey = _load_script('rekey_align_cache')
+  rekey = load_script('rekey_align_cache')
   counts = rekey.rekey(out, copy, tmp_path / 'rekeyed', tmp_path / 'legacy')
   assert counts['matched'] == counts['old_entries'] > 0 and counts['photo_missing'] == 0
   third = builder.prepare(copy, tmp_path / 'third', _options(cache_dir=str(tmp_path / 'rekeyed')))

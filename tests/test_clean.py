@@ -9,27 +9,16 @@ reader and the builder's align stage ('none' aligner). Real-data figures come fr
 from __future__ import annotations
 
 import csv
-import importlib.util
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
 from jaxface.data import challenge, clean
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _load_script(name: str):
-  spec = importlib.util.spec_from_file_location(name, REPO_ROOT / 'scripts' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module  # dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
+from script_loader import load_script
 
 
-label_noise = _load_script('label_noise')
+
+label_noise = load_script('label_noise')
 
 
 def _people(counts: dict[str, int], seed: int = 0, dim: int = 128
@@ -216,7 +205,7 @@ def test_preprocess_leaves_excluded_photos_out(synthetic_data_dir, tmp_path):
 
 
 def test_preprocess_refuses_an_exclude_list_of_another_folder_in_one_line(synthetic_data_dir, tmp_path, capsys):
-  preprocess = _load_script('preprocess')
+  preprocess = load_script('preprocess')
   (tmp_path / 'exclude.txt').write_text('# from elsewhere\n99999999/0.jpg\n', encoding='utf-8')
   code = preprocess.main(['--data-dir', str(synthetic_data_dir), '--out', str(tmp_path / 'out'), '--aligner', 'none',
                           '--exclude', str(tmp_path / 'exclude.txt'), '--no-progress'])
@@ -225,7 +214,7 @@ def test_preprocess_refuses_an_exclude_list_of_another_folder_in_one_line(synthe
   assert err.strip().count('\n') == 0 and not (tmp_path / 'out').exists()
 
 
-peer_flags = _load_script('peer_flags')
+peer_flags = load_script('peer_flags')
 
 
 class _PeerByColour:

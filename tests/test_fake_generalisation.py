@@ -1,9 +1,7 @@
 """The generalisation benchmark's parts: laundering, shortcut probes, the frozen-backbone head trainer, row splits."""
 from __future__ import annotations
 
-import importlib.util
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,12 +14,10 @@ from jaxface.data import launder
 from jaxface.metrics import roc_auc
 from jaxface.models.heads import mean_std_pool
 from jaxface.models.mobilefacenet import MobileFaceNet
+from script_loader import load_script
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-_SPEC = importlib.util.spec_from_file_location('fake_generalisation', REPO_ROOT / 'scripts' / 'fake_generalisation.py')
-fg = importlib.util.module_from_spec(_SPEC)
-sys.modules['fake_generalisation'] = fg  # its dataclass resolves annotations through sys.modules
-_SPEC.loader.exec_module(fg)
+fg = load_script('fake_generalisation')
 
 
 def _photo(seed: int = 0, size: tuple[int, int] = (40, 30)) -> np.ndarray:

@@ -12,7 +12,6 @@ photo processed. No image file is committed: the test writes them all.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -31,6 +30,7 @@ from jaxface import checkpoints
 from jaxface import evaluate as evaluate_lib
 from jaxface import verify as verify_lib
 from jaxface.data import challenge, check, synthetic
+from script_loader import load_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BAD = ('zero_byte', 'truncated_jpeg', 'text_as_jpg', 'bomb', 'folder', 'symlink_loop')  # unreadable
@@ -181,10 +181,7 @@ def test_bad_meta_json_is_one_line_exit_2(tmp_path, meta_text, expected, capsys)
 
 
 def _script():
-  spec = importlib.util.spec_from_file_location('preprocess_script', REPO / 'scripts' / 'preprocess.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script('preprocess', 'preprocess_script')
 
 
 def test_preprocess_skips_each_bad_photo_and_aligns_the_rest(hostile, tmp_path, capsys):

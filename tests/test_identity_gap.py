@@ -1,15 +1,12 @@
 """scripts/identity_gap.py on hand-made scores: which pairs every scorer rejects, and AS-norm's arithmetic."""
 import csv
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location('identity_gap', REPO / 'scripts' / 'identity_gap.py')
-gap = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gap)
+from script_loader import load_script
+
+gap = load_script('identity_gap')
 
 
 def _write(path, rows):

@@ -6,7 +6,6 @@ the cached faces were not aligned again and that the TFRecords equal those of an
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -21,6 +20,7 @@ from PIL import Image
 
 from jaxface.align import stage
 from jaxface.data import builder, prepared, synthetic
+from script_loader import load_script
 
 import tensorflow as tf  # noqa: E402  (after jaxface.data.builder hid the GPUs)
 
@@ -29,10 +29,7 @@ SCRIPT = REPO / 'scripts' / 'preprocess.py'
 
 
 def _script():
-  spec = importlib.util.spec_from_file_location('preprocess_script', SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script('preprocess', 'preprocess_script')
 
 
 def _records(out: pathlib.Path, split: str) -> list[dict]:
