@@ -132,7 +132,8 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
 def _asyncio_quiet():
   """Silences the `asyncio` logger: when one read of a damaged step fails, Orbax's other concurrent reads fail too, and
   asyncio logs each as "unhandled exception during asyncio.run() shutdown" with its tracebacks (272 errors and 45,000
-  lines for one emptied data file of a small training state). The failure itself is raised and reported in one line (CorruptCheckpoint)."""
+  lines for one emptied data file of a small training state). The failure itself is raised and reported in one line
+  (CorruptCheckpoint)."""
   logger = logging.getLogger('asyncio')
   level = logger.level
   logger.setLevel(logging.CRITICAL)

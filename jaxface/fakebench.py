@@ -10,8 +10,9 @@ and the budget is a fixed small number of steps.
 Cheap by construction: the full backbone runs once per photo (`backbone_features`: embedding and the per-channel mean
 and variance of the stage-2 map); per step only the stem (one strided conv and one depthwise block, a few MFLOPs) and
 the head run. `Recipe.train_stem` lets the fake loss tune the stem too, as training does (its BatchNorm statistics
-stay frozen; the embedding and stage-2 map keep coming from the frozen backbone). The stage-2 map reaches the head as a (B, 2, 1, C) map holding mean + sd and mean - sd,
-whose per-channel mean and variance are exactly the real map's, so the head's `mean_std_pool` sees the same numbers.
+stay frozen; the embedding and stage-2 map keep coming from the frozen backbone). The stage-2 map reaches the head as
+a (B, 2, 1, C) map holding mean + sd and mean - sd, whose per-channel mean and variance are exactly the real map's,
+so the head's `mean_std_pool` sees the same numbers.
 """
 from __future__ import annotations
 
@@ -152,8 +153,7 @@ def _trainer(mode: str, lr: float, train_stem: bool = False, stem_lr_mult: float
   """
   model = FakeHead(mode, train=True)
   stem_tx = optax.adam(lr * stem_lr_mult) if train_stem else optax.set_to_zero()
-  labels = lambda params: {part: jax.tree.map(lambda _, name=part: name, tree) for part, tree in params.items()}
-  tx = optax.multi_transform({'head': optax.adam(lr), 'stem': stem_tx}, labels)
+  tx = optax.multi_transform({'head': optax.adam(lr), 'stem': stem_tx}, {'head': 'head', 'stem': 'stem'})
 
   @jax.jit
   def step(params, batch_stats, opt_state, stem_stats, faces, embedding, s2_mean, s2_var, is_fake):

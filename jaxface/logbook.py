@@ -55,14 +55,13 @@ def truncate_events(folder: pathlib.Path, last_step: int) -> int:
   dropped = 0
   for path in sorted(folder.glob('events.out.tfevents.*')):
     data = path.read_bytes()
-    kept, cut = [], False
+    kept = []
     for framed, payload in _records(data):
       if event_pb2.Event.FromString(payload).step <= last_step:
         kept.append(framed)
       else:
-        cut = True
         dropped += 1
-    if cut or sum(map(len, kept)) != len(data):
+    if sum(map(len, kept)) != len(data):  # events dropped, or a record cut short at the end
       _replace(path, b''.join(kept))
   return dropped
 

@@ -19,7 +19,6 @@ mean and sd of its top-K cohort similarities, the two halves averaged).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import pathlib
 import sys
@@ -28,14 +27,14 @@ from collections.abc import Sequence
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / 'scripts')]
 
+from blocking_pairs import read_scores  # noqa: E402  pylint: disable=g-import-not-at-top
 from jaxface import metrics  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
-def read(path: str) -> dict[str, dict]:
-  with open(path, newline='') as f:
-    return {row['pair_id']: row for row in csv.DictReader(f)}
+def _unit(x: np.ndarray) -> np.ndarray:
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def _arrays(rows: dict[str, dict], column: str, keep=None):
@@ -65,8 +64,7 @@ def rejected_and_accepted(rows: dict[str, dict]) -> tuple[set[str], set[str]]:
 
 def as_norm(e0: np.ndarray, e1: np.ndarray, cohort: np.ndarray, k: int) -> np.ndarray:
   """AS-norm of the pair cosines: each side standardised by its top-k cohort similarities, then averaged."""
-  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
-  e0, e1, cohort = unit(e0), unit(e1), unit(cohort)
+  e0, e1, cohort = _unit(e0), _unit(e1), _unit(cohort)
   score = (e0 * e1).sum(1)
   halves = []
   for side in (e0, e1):
@@ -112,11 +110,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
-  main_rows = read(args.scores)
+  main_rows = read_scores(args.scores)
   scorers = {'model': main_rows}
   for spec in args.others:
     name, _, path = spec.partition('=')
-    scorers[name] = read(path)
+    scorers[name] = read_scores(path)
   report: dict = {'model': {}}
   columns = ['similarity'] + (['cosine'] if 'cosine' in next(iter(main_rows.values())) else [])
   for column in columns:
@@ -142,9 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   if args.cohort_checkpoint and args.tfds_dir:
     e0, e1, labels, kinds, cohort = cohort_embeddings(args.cohort_checkpoint, args.tfds_dir, args.cohort)
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
     report['as_norm'] = {'checkpoint': args.cohort_checkpoint, 'cohort': len(cohort),
-                         'cosine': eers(labels, (unit(e0) * unit(e1)).sum(1), kinds)}
+                         'cosine': eers(labels, (_unit(e0) * _unit(e1)).sum(1), kinds)}
     for k in args.top_k:
       report['as_norm'][f'top_{k}'] = eers(labels, as_norm(e0, e1, cohort, min(k, len(cohort))), kinds)
   print(json.dumps(report, indent=1))

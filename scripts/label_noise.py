@@ -230,12 +230,11 @@ def score_merges(found: set[tuple[str, str]], truth: set[tuple[str, str]], preex
   person (`confirmed`, clean-copy folder pairs) count as true in `precision_peer_confirmed`."""
   hits = len(found & truth)
   others = found - truth
-  old = {pair for pair in others if tuple(sorted((origin.get(pair[0], pair[0]), origin.get(pair[1], pair[1]))))
-         in preexisting}
+  clean_pair = lambda pair: tuple(sorted(origin.get(folder, folder) for folder in pair))
+  old = {pair for pair in others if clean_pair(pair) in preexisting}
   peer = {}
   if confirmed is not None:
-    agreed = {pair for pair in old if tuple(sorted((origin.get(pair[0], pair[0]), origin.get(pair[1], pair[1]))))
-              in confirmed}
+    agreed = {pair for pair in old if clean_pair(pair) in confirmed}
     peer = {'preexisting_peer_confirmed': len(agreed),
             'precision_peer_confirmed': _ratio(hits + len(agreed), len(found))}
   return {**peer, 'found': len(found), 'true': hits, 'truth': len(truth), 'precision': _ratio(hits, len(found)),

@@ -7,8 +7,8 @@ Aligning 98,000 photos takes hours; a killed run must not start again from zero.
 where the source key hashes the photo's bytes, so an edited or replaced photo is aligned again, a copied or moved data
 folder is not, and a different aligner or setting never reads another's faces. Caches written before 2026-12-03 keyed
 a photo by its absolute path, size and modification time; such an entry is still found while those hold, and is then
-linked under the photo's content key. Each entry is written to a temporary
-file and moved into place with `os.replace`, so a kill -9 leaves either a whole entry or none.
+linked under the photo's content key. Each entry is written to a temporary file and moved into place with
+`os.replace`, so a kill -9 leaves either a whole entry or none.
 
 Numpy only (no torch, no TensorFlow): readers of cached faces need neither.
 """
@@ -132,7 +132,7 @@ class AlignCache:
         os.link(legacy, entry)
       except FileExistsError:
         pass
-      except OSError:  # a file system without hard links: the legacy entry is read where it is
+      except OSError:  # a file system without hard links: copied under the content key instead
         _atomic_write(entry, legacy.read_bytes())
 
   def get(self, path: PathLike) -> CachedFace | None:
