@@ -92,3 +92,45 @@ def test_pseudo_fake_dispatch():
 def test_rejects_non_square_faces():
   with pytest.raises(ValueError, match='square'):
     pseudofakes.self_blend(np.zeros((56, 40, 3), np.uint8), tf.constant([0, 0]))
+
+
+
+@pytest.mark.parametrize('kind, trace_kind, mask_seed', [('self_blend', None, (4, 3)), ('swap', None, (4, 0)),
+                                                         ('trace', 0, (3, 2)), ('trace', 1, (3, 2)),
+                                                         ('trace', 2, (3, 2))])
+def test_a_real_twin_is_the_pseudo_fakes_change_on_the_whole_face_without_seam_or_pattern(kind, trace_kind,
+                                                                                          mask_seed):
+  face, donor = _face(112, 0), _face(112, 99)
+  seed = tf.constant([5, 7], tf.int64)
+  fake = {'self_blend': lambda: pseudofakes.self_blend(face, seed),
+          'swap': lambda: pseudofakes.swap(face, donor, seed),
+          'trace': lambda: pseudofakes.trace(face, seed, kind=trace_kind)}[kind]().numpy()
+  twin = pseudofakes.real_twin(kind, face, seed, donor=donor, trace_kind=trace_kind).numpy()
+  assert twin.shape == face.shape and twin.dtype == np.uint8
+  count, index = mask_seed
+  mask = pseudofakes.face_mask(112, pseudofakes._seeds(seed, count)[index]).numpy()[..., 0]  # pylint: disable=protected-access
+  assert mask.max() > 0.5
+  blend = mask[..., None] * twin.astype(np.float64) + (1 - mask[..., None]) * face.astype(np.float64)
+  inner = mask > 0.5
+  if kind == 'trace' and trace_kind in (0, 1):
+    # The fake's inner face is the twin plus the generator pattern; the twin has the resampling (or nothing) only.
+    pattern = fake.astype(np.float64)[inner] - blend[inner]
+    assert 0.5 < np.abs(pattern).mean() < 5
+  else:
+    # The fake is the photo blended with its twin through the mask (the twin is rounded to uint8: +-1).
+    assert np.abs(fake.astype(np.float64) - blend).max() <= 1.0 + 1e-6
+  outside = ~pseudofakes.face_region(112)
+  if kind == 'trace' and trace_kind == 1:
+    np.testing.assert_array_equal(twin, face)  # the spectral pattern is the evidence: its twin is the photo itself
+  else:
+    # ...applied to the whole photo, so no seam: the border changes as the inner face did.
+    assert np.abs(twin[outside].astype(int) - face[outside].astype(int)).mean() > 1.0
+    np.testing.assert_array_equal(fake[outside], face[outside])
+
+
+def test_a_real_twin_names_what_it_lacks():
+  face = _face(112, 0)
+  with pytest.raises(ValueError, match='donor'):
+    pseudofakes.real_twin('swap', face, tf.constant([1, 2], tf.int64))
+  with pytest.raises(ValueError, match='not one of'):
+    pseudofakes.real_twin('diffusion', face, tf.constant([1, 2], tf.int64))

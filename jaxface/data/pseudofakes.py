@@ -220,6 +220,13 @@ def _check(image: tf.Tensor) -> tf.Tensor:
   return tf.cast(image, tf.float32)
 
 
+def _self_blend_source(target: tf.Tensor, s: list[tf.Tensor]) -> tf.Tensor:
+  """The changed copy a self-blend pastes: colour, sharpness, scale and shift (seeds s[0:3])."""
+  source = _colour_shift(target, s[0])
+  source = _sharpness(source, s[1])
+  return _small_affine(source, s[2], max_scale=0.04, max_shift=2.0, max_angle_deg=2.0)
+
+
 def self_blend(image: tf.Tensor, seed: tf.Tensor, landmarks: tf.Tensor | None = None,
                mask: tf.Tensor | None = None) -> tf.Tensor:
   """A self-blended fake of a real aligned face: (S, S, 3) uint8 -> (S, S, 3) uint8, same identity.
@@ -228,11 +235,8 @@ def self_blend(image: tf.Tensor, seed: tf.Tensor, landmarks: tf.Tensor | None = 
   """
   target = _check(image)
   s = _seeds(seed, 4)
-  source = _colour_shift(target, s[0])
-  source = _sharpness(source, s[1])
-  source = _small_affine(source, s[2], max_scale=0.04, max_shift=2.0, max_angle_deg=2.0)
   mask = face_mask(target.shape[0], s[3], landmarks) if mask is None else mask
-  return _blend(target, source, mask)
+  return _blend(target, _self_blend_source(target, s), mask)
 
 
 def _masked_stats(image, weight):
@@ -240,6 +244,20 @@ def _masked_stats(image, weight):
   mean = tf.reduce_sum(image * weight, axis=[0, 1]) / total
   var = tf.reduce_sum(tf.square(image - mean) * weight, axis=[0, 1]) / total
   return mean, tf.sqrt(var + 1e-6)
+
+
+def _swap_source(target_f: tf.Tensor, donor_f: tf.Tensor, s: list[tf.Tensor], mask: tf.Tensor) -> tf.Tensor:
+  """The donor face a swap pastes: slightly misaligned, colour-matched to the target inside the mask, maybe softened."""
+  donor_f = _small_affine(donor_f, s[1], max_scale=0.05, max_shift=3.0, max_angle_deg=3.0)
+  weight = tf.cast(mask > 0.5, tf.float32)
+  t_mean, t_std = _masked_stats(target_f, weight)
+  d_mean, d_std = _masked_stats(donor_f, weight)
+  # A bounded contrast ratio: a hat or a beard inside the target's mask must not stretch the donor's face garishly.
+  donor_f = (donor_f - d_mean) * tf.clip_by_value(t_std / d_std, 0.75, 1.33) + t_mean
+  size = target_f.shape[0]
+  sigma = _uniform(s[2], 0.0, 1.0) * size / 112.0
+  soft = blur_reflect(donor_f, sigma, max(2, int(math.ceil(3 * size / 112.0))))
+  return tf.where(_uniform(s[3], 0, 1) < 0.5, soft, donor_f)
 
 
 def swap(target: tf.Tensor, donor: tf.Tensor, seed: tf.Tensor, landmarks: tf.Tensor | None = None,
@@ -253,27 +271,20 @@ def swap(target: tf.Tensor, donor: tf.Tensor, seed: tf.Tensor, landmarks: tf.Ten
   target_f, donor_f = _check(target), _check(donor)
   s = _seeds(seed, 4)
   mask = face_mask(target_f.shape[0], s[0], landmarks) if mask is None else mask
-  donor_f = _small_affine(donor_f, s[1], max_scale=0.05, max_shift=3.0, max_angle_deg=3.0)
-  weight = tf.cast(mask > 0.5, tf.float32)
-  t_mean, t_std = _masked_stats(target_f, weight)
-  d_mean, d_std = _masked_stats(donor_f, weight)
-  # A bounded contrast ratio: a hat or a beard inside the target's mask must not stretch the donor's face garishly.
-  donor_f = (donor_f - d_mean) * tf.clip_by_value(t_std / d_std, 0.75, 1.33) + t_mean
-  size = target_f.shape[0]
-  sigma = _uniform(s[2], 0.0, 1.0) * size / 112.0
-  soft = blur_reflect(donor_f, sigma, max(2, int(math.ceil(3 * size / 112.0))))
-  donor_f = tf.where(_uniform(s[3], 0, 1) < 0.5, soft, donor_f)
-  return _blend(target_f, donor_f, mask)
+  return _blend(target_f, _swap_source(target_f, donor_f, s, mask), mask)
 
 
-def _checkerboard(image, seed):
-  """2x down then nearest (or bilinear) up, plus the fixed 2x2 pattern a transposed convolution leaves."""
+def _checkerboard(image, seed, pattern: bool = True):
+  """2x down then nearest (or bilinear) up, plus (with `pattern`) the fixed 2x2 pattern a transposed convolution
+  leaves."""
   s = _seeds(seed, 3)
   size = image.shape[0]
   half = tf.nn.avg_pool2d(image[None], 2, 2, 'VALID')
   nearest = tf.image.resize(half, [size, size], method='nearest')[0]
   bilinear = tf.image.resize(half, [size, size], method='bilinear')[0]
   up = tf.where(_uniform(s[0], 0, 1) < 0.5, nearest, bilinear)
+  if not pattern:
+    return up
   ys, xs = tf.meshgrid(tf.range(size), tf.range(size), indexing='ij')
   parity = tf.cast((ys + xs) % 2, tf.float32) * 2.0 - 1.0  # +-1 checkerboard
   row = tf.cast(ys % 2, tf.float32) - 0.5
@@ -301,6 +312,12 @@ def _smooth(image, seed):
   return blur_reflect(image, sigma, max(2, int(math.ceil(3 * 1.8 * size / 112.0))))
 
 
+def _trace_kind(s: list[tf.Tensor], kind: int | tf.Tensor | None) -> int | tf.Tensor:
+  if kind is None:
+    return tf.random.stateless_uniform([], s[0], 0, len(TRACES), dtype=tf.int32)
+  return kind
+
+
 def trace(image: tf.Tensor, seed: tf.Tensor, landmarks: tf.Tensor | None = None,
           kind: int | tf.Tensor | None = None, mask: tf.Tensor | None = None) -> tf.Tensor:
   """Generator traces inside the face of a real aligned face: (S, S, 3) uint8 -> (S, S, 3) uint8.
@@ -309,12 +326,40 @@ def trace(image: tf.Tensor, seed: tf.Tensor, landmarks: tf.Tensor | None = None,
   """
   face = _check(image)
   s = _seeds(seed, 3)
-  if kind is None:
-    kind = tf.random.stateless_uniform([], s[0], 0, len(TRACES), dtype=tf.int32)
+  kind = _trace_kind(s, kind)
   # All three are cheap at face size; indexing them avoids a switch_case's per-branch tracing cost.
   traced = tf.stack([_checkerboard(face, s[1]), _spectral(face, s[1]), _smooth(face, s[1])])[kind]
   mask = face_mask(face.shape[0], s[2], landmarks) if mask is None else mask
   return _blend(face, traced, mask)
+
+
+def real_twin(kind: str, target: tf.Tensor, seed: tf.Tensor, donor: tf.Tensor | None = None,
+              landmarks: tf.Tensor | None = None, trace_kind: int | tf.Tensor | None = None) -> tf.Tensor:
+  """The seamless real counterpart of `kind`'s pseudo-fake with the same arguments: (S, S, 3) uint8.
+
+  A pseudo-fake changes the inner face only: a self-blend's copy is recoloured, resharpened and resampled, a swap's
+  donor is resampled and maybe softened, a trace resamples or smooths. Each of these also changes how sharp the face
+  looks, so with the untouched photo as the only real, "softer inner face" separates pseudo-fakes from reals, and a
+  head that learns it calls every sharp generator face real. The twin is the same change applied to the whole photo
+  (a trace's generator pattern left out: that is the fake's evidence): no seam, no pattern, a real photo taken
+  through a softer lens, or (swap) the donor's own photo. Inside the mask's core (mask 1) it equals the pseudo-fake.
+  """
+  if kind not in KINDS:
+    raise ValueError(f'pseudo-fake kind {kind!r} is not one of {", ".join(KINDS)}')
+  face = _check(target)
+  size = face.shape[0]
+  if kind == 'self_blend':
+    s = _seeds(seed, 4)
+    changed = _self_blend_source(face, s)
+  elif kind == 'swap':
+    if donor is None:
+      raise ValueError('the real twin of a swap needs its donor face')
+    s = _seeds(seed, 4)
+    changed = _swap_source(face, _check(donor), s, face_mask(size, s[0], landmarks))
+  else:
+    s = _seeds(seed, 3)
+    changed = tf.stack([_checkerboard(face, s[1], pattern=False), face, _smooth(face, s[1])])[_trace_kind(s, trace_kind)]
+  return _blend(face, changed, tf.ones([size, size, 1], tf.float32))
 
 
 def pseudo_fake(target: tf.Tensor, donor: tf.Tensor, same_person: tf.Tensor, seed: tf.Tensor,
