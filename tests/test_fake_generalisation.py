@@ -11,6 +11,7 @@ from PIL import Image
 
 from jaxface import fakebench
 from jaxface.data import launder
+from jaxface.data import pseudofakes
 from jaxface.metrics import roc_auc
 from jaxface.models.heads import mean_std_pool
 from jaxface.models.mobilefacenet import MobileFaceNet
@@ -120,7 +121,9 @@ def test_rows_hold_out_the_fake_source_and_its_reals_everywhere():
   items = [_item('lfw_real', 0), _item('lfw_swap', 1), _item('ffhq_real', 0), _item('stylegan2', 1),
            _item('stylegan3', 1), _item('orl', 0), _item('self_blend', 1, base='lfw_real'),
            _item('swap', 1, base='orl'), _item('celeba_wild', 0, 'test_real'), _item('celeba_wild', 0, 'base'),
-           _item('trace', 1, 'test_fake', 'celeba_wild'), _item('self_blend', 1, base='celeba_wild')]
+           _item('trace', 1, 'test_fake', 'celeba_wild'), _item('self_blend', 1, base='celeba_wild'),
+           _item('twin_trace', 0, 'twin', 'lfw_real'), _item('twin_swap', 0, 'twin', 'orl'),
+           _item('twin_trace', 0, 'twin', 'orl')]
   train, test = fg.row_split(items, 'lfw_swap', ('lfw_real',))
   assert [items[i].source for i in test] == ['lfw_real', 'lfw_swap']
   assert not {'lfw_real', 'lfw_swap'} & {items[i].source for i in train}
@@ -128,6 +131,50 @@ def test_rows_hold_out_the_fake_source_and_its_reals_everywhere():
   train, test = fg.row_split(items, 'trace', ('celeba_wild',))
   assert sorted(items[i].role for i in test) == ['test_fake', 'test_real']
   assert all(items[i].base_source != 'celeba_wild' and items[i].source != 'trace' for i in train)
+  # A twin is a real made by the held-out kind's change: it stays out with its kind and with its base photo's source.
+  assert [items[i].base_source for i in train if items[i].role == 'twin'] == ['orl']
+  train, _ = fg.row_split(items, 'swap', ('celeba_wild',))
+  assert [items[i].source for i in train if items[i].role == 'twin'] == ['twin_trace', 'twin_trace']
+
+
+def _real_face(seed: int) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  ys, xs = np.mgrid[0:112, 0:112] / 112
+  face = 90 + 80 * np.stack([xs, ys, 1 - xs], -1) + rng.normal(0, 12, (112, 112, 3))
+  return np.clip(face, 0, 255).astype(np.uint8)
+
+
+def test_pseudo_fakes_come_with_real_twins_and_are_made_again_from_the_same_reals():
+  reals = [fg.Item('orl', 0, None, np.zeros((5, 2)), _real_face(k), f'p{k}', 'orl', 'pool') for k in range(3)]
+  reals.append(fg.Item('celeba_wild', 0, None, np.zeros((5, 2)), _real_face(9), 'p9', 'celeba_wild', 'base'))
+  made = fg.make_pseudo_fakes(reals, seed=4)
+  assert [(it.source, it.role, it.label) for it in made] == [
+      ('self_blend', 'pool', 1), ('twin_self_blend', 'twin', 0), ('swap', 'pool', 1), ('twin_swap', 'twin', 0),
+      ('trace', 'pool', 1), ('twin_trace', 'twin', 0), ('self_blend', 'test_fake', 1), ('swap', 'test_fake', 1),
+      ('trace', 'test_fake', 1), ('self_blend', 'pool', 1), ('twin_self_blend', 'twin', 0)]
+  assert all(it.base_source == base.source for it, base in zip(made, [reals[0]] * 2 + [reals[1]] * 2 +
+                                                               [reals[2]] * 2 + [reals[3]] * 5))
+  # The twin has no seam: it differs from its photo at the border too, where the fake equals the photo.
+  border = ~pseudofakes.face_region(112)
+  fake, twin = made[0].face, made[1].face
+  np.testing.assert_array_equal(fake[border], reals[0].face[border])
+  assert np.abs(twin[border].astype(int) - reals[0].face[border].astype(int)).mean() > 1
+  # Items read back from inputs.npz hold the reals and the fakes: the same reals and seed give the same fakes.
+  again = fg.make_pseudo_fakes(reals + made, seed=4)
+  assert all(np.array_equal(a.face, b.face) for a, b in zip(made, again)) and len(again) == len(made)
+
+
+def test_canonical_faces_erase_sharpness_differences_and_keep_smooth_faces():
+  rng = np.random.default_rng(0)
+  small = rng.integers(40, 200, (14, 14, 3)).astype(np.uint8)
+  smooth = np.asarray(Image.fromarray(small).resize((112, 112), Image.Resampling.BILINEAR))[None]
+  sharp = np.clip(smooth.astype(int) + rng.normal(0, 25, smooth.shape), 0, 255).astype(np.uint8)
+  before = fg.face_sharpness(np.concatenate([smooth, sharp]))
+  canon = fg.canonical_faces(np.concatenate([smooth, sharp]), 56)
+  after = fg.face_sharpness(canon)
+  assert canon.shape == (2, 112, 112, 3) and canon.dtype == np.uint8
+  assert before[1] - before[0] > 1.0 and abs(after[1] - after[0]) < 0.5 * (before[1] - before[0])
+  assert np.abs(canon[0].astype(int) - smooth[0].astype(int)).mean() < 3  # what 56 px can hold survives
 
 
 _DEV = REPO_ROOT.parent / 'shared' / 'data' / 'realfaces-dev'
@@ -165,3 +212,43 @@ def test_train_stem_tunes_the_stem_and_scores_with_it_while_the_default_leaves_i
   by_record = fakebench.score_head(tuned, stem, inputs, 'traces')
   by_hand = fakebench.score_head({k: v for k, v in tuned.items() if k != 'stem'}, tuned['stem'], inputs, 'traces')
   np.testing.assert_allclose(by_record, by_hand, rtol=1e-5, atol=1e-5)
+
+
+def test_draws_are_summarised_as_mean_and_sd_and_paired_against_the_baseline():
+  def draw(base, other):
+    row = lambda auc: {'original': auc, 'jpeg_75': auc - 0.1, 'resize_0.5': auc - 0.2, 'train_auc': 0.9}
+    return {'probes': {f: {'side': 0.5, 'file_size': 0.7} for f, _ in fg.ROWS},
+            'recipes': {'baseline': {f: row(base) for f, _ in fg.ROWS}, 'twins': {f: row(other) for f, _ in fg.ROWS}}}
+  summary = fg.summarise([draw(0.4, 0.5), draw(0.6, 0.8)], ['baseline', 'twins'])
+  twins = summary['recipes']['twins']
+  assert twins['stylegan3']['original']['mean'] == pytest.approx(0.65)
+  assert twins['mean']['original']['sd'] == pytest.approx(np.std([0.5, 0.8], ddof=1))
+  assert twins['mean_minus_baseline']['values'] == pytest.approx([0.1, 0.2])
+  assert 'mean_minus_baseline' not in summary['recipes']['baseline']
+  assert summary['probes']['swap']['mean'] == pytest.approx(0.7)
+  text = fg._summary_markdown(summary)  # pylint: disable=protected-access
+  assert '| twins | 2 | 0.650 +- 0.212' in text and '0.150 +- 0.071 |' in text
+  # A recipe only some draws have is summarised over those.
+  third = draw(0.5, 0.5)
+  del third['recipes']['twins']
+  summary = fg.summarise([draw(0.4, 0.5), draw(0.6, 0.8), third], ['baseline', 'twins'])
+  assert summary['recipes']['twins']['draws'] == 2 and summary['recipes']['baseline']['draws'] == 3
+  assert summary['recipes']['twins']['mean_minus_baseline']['values'] == pytest.approx([0.1, 0.2])
+
+
+def test_a_recipe_reads_the_canonical_faces_alone_or_with_their_backbone_features():
+  def inputs_of(value):
+    return fakebench.HeadInputs(np.full((3, 4, 4, 3), value, np.uint8), np.full((3, 2), value, np.float32),
+                                np.full((3, 2), value, np.float32), np.full((3, 2), value, np.float32))
+  inputs = {'test_index': np.arange(3), 'original': inputs_of(1), 'jpeg_75': inputs_of(2),
+            'c56/original': inputs_of(11), 'c56/jpeg_75': inputs_of(12)}
+  view = fg._view(inputs, 56)  # pylint: disable=protected-access
+  assert view['original'].faces[0, 0, 0, 0] == 11 and view['jpeg_75'].embedding[0, 0] == 12
+  view = fg._view(inputs, 56, canonical_scope='traces')  # pylint: disable=protected-access
+  assert view['original'].faces[0, 0, 0, 0] == 11 and view['original'].embedding[0, 0] == 1
+  assert view['jpeg_75'].faces[0, 0, 0, 0] == 12 and view['jpeg_75'].stage2_var[0, 0] == 2
+  view = fg._view(inputs, 0, traces_only=True)  # pylint: disable=protected-access
+  assert view['original'].faces[0, 0, 0, 0] == 1 and not view['original'].embedding.any()
+  assert not view['jpeg_75'].stage2_mean.any() and not view['jpeg_75'].stage2_var.any()
+  with pytest.raises(ValueError, match='canonical_scope'):
+    fg._view(inputs, 56, canonical_scope='stem')  # pylint: disable=protected-access
