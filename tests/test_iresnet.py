@@ -229,3 +229,15 @@ def test_a_canonical_trace_branch_needs_the_traces_head():
     build_model({'arch': 'ir_18', 'fake_head': 'features', 'fake_canonical_px': 56})
   with pytest.raises(ValueError, match='8 <= px < 112'):
     build_model({'arch': 'ir_18', 'fake_canonical_px': 112})
+
+
+def test_canonical_resolution_is_two_jax_resizes_and_keeps_the_batch_symbolic():
+  from jaxface.models.face_model import canonical_resolution  # pylint: disable=import-outside-toplevel
+  for size, small in ((112, 56), (56, 28)):
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, size, size, 3))
+    ref = jax.image.resize(jax.image.resize(x, (2, small, small, 3), 'linear', antialias=True), x.shape, 'linear')
+    np.testing.assert_allclose(canonical_resolution(x, 56), ref, atol=1e-6)
+  # What ONNX / SavedModel export needs (a free batch N); jax.image.resize itself cannot take one.
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape('N, 112, 112, 3'), jnp.float32)
+  exported = jax.export.export(jax.jit(lambda x: canonical_resolution(x, 56)))(spec)
+  assert str(exported.out_avals[0].shape[0]) == 'N'

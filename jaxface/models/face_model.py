@@ -31,11 +31,13 @@ checkerboards, spectral peaks, missing skin texture). Not for pretrained IR weig
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxface.models.baselines import ResNet18, SmallCNN
 from jaxface.models.heads import FakeHead
@@ -127,13 +129,29 @@ class FaceModel(nn.Module):
     return {'embedding': embedding.astype(jnp.float32), 'fake_logit': fake_logit.astype(jnp.float32)}
 
 
+@functools.lru_cache(maxsize=16)
+def _resize_matrix(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
+  """(n_out, n_in): `jax.image.resize`'s linear resampling along one axis as a matrix (it is linear and separable).
+
+  Computed eagerly, even under a trace: the traced graph (and an exported one) holds only the constant.
+  """
+  with jax.ensure_compile_time_eval():
+    return np.asarray(jax.image.resize(jnp.eye(n_in, dtype=jnp.float32), (n_out, n_in), 'linear',
+                                       antialias=antialias))
+
+
 def canonical_resolution(images: jax.Array, px: int) -> jax.Array:
   """(B, S, S, C) faces brought down to px * S / 112 pixels a side (antialiased, linear) and back up to S (linear):
-  every source at one resolution. px is given for a 112 crop."""
-  b, s, _, c = images.shape
+  every source at one resolution. px is given for a 112 crop.
+
+  The same numbers as two `jax.image.resize` calls, written as matrix products so that the batch size may stay
+  symbolic (ONNX and SavedModel export with a free N; jax.image.resize needs a concrete batch).
+  """
+  s = images.shape[1]
   small = max(1, int(round(px * s / 112)))
-  down = jax.image.resize(images.astype(jnp.float32), (b, small, small, c), 'linear', antialias=True)
-  return jax.image.resize(down, (b, s, s, c), 'linear').astype(images.dtype)
+  resample = _resize_matrix(small, s, False) @ _resize_matrix(s, small, True)  # (S, S): down, then up
+  x = jnp.einsum('oi,bijc->bojc', resample, images.astype(jnp.float32))
+  return jnp.einsum('oj,bijc->bioc', resample, x).astype(images.dtype)
 
 
 def normalize_input(images: jax.Array, input_norm: str) -> jax.Array:
