@@ -372,17 +372,15 @@ def _view(inputs: dict, canonical: int, traces_only: bool = False, canonical_sco
   statistics zeroed (constant: the head cannot read them)."""
   if canonical_scope not in ('all', 'traces'):
     raise ValueError(f"canonical_scope must be 'all' or 'traces', got {canonical_scope!r}")
-  if canonical:
-    views = {name.split('/', 1)[1]: v for name, v in inputs.items() if name.startswith(f'c{canonical}/')}
-    if canonical_scope == 'traces':
-      views = {name: dataclasses.replace(inputs[name], faces=v.faces) for name, v in views.items()}
-    inputs = views
+  prefix = f'c{canonical}/' if canonical else ''
+  views = {name[len(prefix):]: v for name, v in inputs.items()
+           if name.startswith(prefix) and name != 'test_index' and '/' not in name[len(prefix):]}
+  if canonical and canonical_scope == 'traces':
+    views = {name: dataclasses.replace(inputs[name], faces=v.faces) for name, v in views.items()}
   if traces_only:
-    blank = lambda v: dataclasses.replace(v, embedding=np.zeros_like(v.embedding),
-                                          stage2_mean=np.zeros_like(v.stage2_mean),
-                                          stage2_var=np.zeros_like(v.stage2_var))
-    inputs = {name: blank(v) for name, v in inputs.items() if name != 'test_index'}
-  return inputs
+    views = {name: dataclasses.replace(v, embedding=np.zeros_like(v.embedding), stage2_mean=np.zeros_like(
+        v.stage2_mean), stage2_var=np.zeros_like(v.stage2_var)) for name, v in views.items()}
+  return views
 
 
 def run_recipe(name: str, items: list[Item], inputs: dict, stem, splits, args) -> dict[str, dict[str, float]]:
@@ -547,8 +545,8 @@ def main(argv=None) -> int:
                       help='photo draws (--seed, --seed+1, ...), each in --out/seed<N>, with a mean +- sd summary in '
                       '--out/summary.md: one draw moves a row by up to 0.3, so recipes are ranked over several')
   parser.add_argument('--rerun', action='store_true',
-                      help='train the recipes again that --out/results.json already holds for these photos and settings '
-                      '(by default they are kept: an interrupted run resumes at the recipe it was in)')
+                      help='train the recipes again that --out/results.json already holds for these photos and '
+                      'settings (by default they are kept: an interrupted run resumes at the recipe it was in)')
   args = parser.parse_args(argv)
   args.per_source = args.per_source or (20 if args.quick else 100)
   args.steps = args.steps or (30 if args.quick else 80)
@@ -618,7 +616,8 @@ def summarise(draws: list[dict], names: list[str]) -> dict:
       continue
     tables = [d['recipes'][name] for d in have]
     entry = {'draws': len(have)}
-    entry.update({fake: {c: stat([t[fake].get(c, np.nan) for t in tables]) for c in SUMMARY_COLUMNS} for fake, _ in ROWS})
+    entry.update({fake: {c: stat([t[fake].get(c, np.nan) for t in tables]) for c in SUMMARY_COLUMNS}
+                  for fake, _ in ROWS})
     entry['mean'] = {c: stat([np.mean([t[f].get(c, np.nan) for f, _ in ROWS]) for t in tables])
                      for c in SUMMARY_COLUMNS}
     entry['min'] = stat([min(t[f]['original'] for f, _ in ROWS) for t in tables])

@@ -108,7 +108,8 @@ def test_a_real_twin_is_the_pseudo_fakes_change_on_the_whole_face_without_seam_o
   twin = pseudofakes.real_twin(kind, face, seed, donor=donor, trace_kind=trace_kind).numpy()
   assert twin.shape == face.shape and twin.dtype == np.uint8
   count, index = mask_seed
-  mask = pseudofakes.face_mask(112, pseudofakes._seeds(seed, count)[index]).numpy()[..., 0]  # pylint: disable=protected-access
+  seeds = pseudofakes._seeds(seed, count)  # pylint: disable=protected-access
+  mask = pseudofakes.face_mask(112, seeds[index]).numpy()[..., 0]
   assert mask.max() > 0.5
   blend = mask[..., None] * twin.astype(np.float64) + (1 - mask[..., None]) * face.astype(np.float64)
   inner = mask > 0.5

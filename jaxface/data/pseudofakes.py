@@ -312,10 +312,15 @@ def _smooth(image, seed):
   return blur_reflect(image, sigma, max(2, int(math.ceil(3 * 1.8 * size / 112.0))))
 
 
-def _trace_kind(s: list[tf.Tensor], kind: int | tf.Tensor | None) -> int | tf.Tensor:
+def _trace_source(face: tf.Tensor, s: list[tf.Tensor], kind: int | tf.Tensor | None, pattern: bool = True
+                  ) -> tf.Tensor:
+  """The traced copy a trace pastes (`kind` of TRACES, None: drawn from s[0]); without `pattern`, the same change
+  with the generator pattern left out (checkerboard: the resampling alone, spectral: the face itself)."""
   if kind is None:
-    return tf.random.stateless_uniform([], s[0], 0, len(TRACES), dtype=tf.int32)
-  return kind
+    kind = tf.random.stateless_uniform([], s[0], 0, len(TRACES), dtype=tf.int32)
+  # All three are cheap at face size; indexing them avoids a switch_case's per-branch tracing cost.
+  return tf.stack([_checkerboard(face, s[1], pattern), _spectral(face, s[1]) if pattern else face,
+                   _smooth(face, s[1])])[kind]
 
 
 def trace(image: tf.Tensor, seed: tf.Tensor, landmarks: tf.Tensor | None = None,
@@ -326,11 +331,8 @@ def trace(image: tf.Tensor, seed: tf.Tensor, landmarks: tf.Tensor | None = None,
   """
   face = _check(image)
   s = _seeds(seed, 3)
-  kind = _trace_kind(s, kind)
-  # All three are cheap at face size; indexing them avoids a switch_case's per-branch tracing cost.
-  traced = tf.stack([_checkerboard(face, s[1]), _spectral(face, s[1]), _smooth(face, s[1])])[kind]
   mask = face_mask(face.shape[0], s[2], landmarks) if mask is None else mask
-  return _blend(face, traced, mask)
+  return _blend(face, _trace_source(face, s, kind), mask)
 
 
 def real_twin(kind: str, target: tf.Tensor, seed: tf.Tensor, donor: tf.Tensor | None = None,
@@ -357,8 +359,7 @@ def real_twin(kind: str, target: tf.Tensor, seed: tf.Tensor, donor: tf.Tensor | 
     s = _seeds(seed, 4)
     changed = _swap_source(face, _check(donor), s, face_mask(size, s[0], landmarks))
   else:
-    s = _seeds(seed, 3)
-    changed = tf.stack([_checkerboard(face, s[1], pattern=False), face, _smooth(face, s[1])])[_trace_kind(s, trace_kind)]
+    changed = _trace_source(face, _seeds(seed, 3), trace_kind, pattern=False)
   return _blend(face, changed, tf.ones([size, size, 1], tf.float32))
 
 
