@@ -119,23 +119,45 @@ class Recipe:
   stem_lr_mult: float = 0.1
 
 
-def sampling_weights(labels: np.ndarray, sources: np.ndarray, balance_sources: bool) -> np.ndarray:
+def sampling_weights(labels: np.ndarray, sources: np.ndarray, balance_sources: bool,
+                     strata: np.ndarray | None = None) -> np.ndarray:
   """Per-example probabilities: half the draws real, half fake; within a class uniform over examples, or (with
-  balance_sources) uniform over sources first, so that no source's share of a class predicts the label."""
+  balance_sources) uniform over sources first, so that no source's share of a class predicts the label.
+
+  `strata` (N,) ints, e.g. bins of a trivial statistic such as face sharpness: the draws then hold that statistic's
+  distribution the same for both classes (each stratum gets the mean of its real and fake shares, split equally
+  between the classes; a stratum that only one class fills is left out), so the statistic alone says nothing about
+  the label. Within a (class, stratum) cell the draws are uniform over examples or sources as above."""
   labels, sources = np.asarray(labels), np.asarray(sources)
-  weights = np.zeros(len(labels), np.float64)
   for label in (0, 1):
-    members = labels == label
-    if not members.any():
+    if not (labels == label).any():
       raise ValueError(f'the training set has no {"fake" if label else "real"} examples: nothing to contrast')
-    if balance_sources:
-      names = np.unique(sources[members])
-      for name in names:
-        mask = members & (sources == name)
-        weights[mask] = 0.5 / len(names) / mask.sum()
-    else:
-      weights[members] = 0.5 / members.sum()
+  strata = np.zeros(len(labels), np.int64) if strata is None else np.asarray(strata)
+  if strata.shape != labels.shape:
+    raise ValueError(f'strata has shape {strata.shape}, labels {labels.shape}: one stratum per example')
+  shared = [b for b in np.unique(strata) if all(((labels == c) & (strata == b)).any() for c in (0, 1))]
+  if not shared:
+    raise ValueError('no stratum holds both real and fake examples: use coarser strata')
+  share = {b: np.mean([((labels == c) & (strata == b)).sum() / (labels == c).sum() for c in (0, 1)]) for b in shared}
+  weights = np.zeros(len(labels), np.float64)
+  for b in shared:
+    for label in (0, 1):
+      members = (labels == label) & (strata == b)
+      if balance_sources:
+        names = np.unique(sources[members])
+        for name in names:
+          mask = members & (sources == name)
+          weights[mask] = share[b] / len(names) / mask.sum()
+      else:
+        weights[members] = share[b] / members.sum()
   return weights / weights.sum()
+
+
+def quantile_strata(values: np.ndarray, bins: int) -> np.ndarray:
+  """(N,) values -> (N,) ints in [0, bins): the pooled quantile bin of each value."""
+  values = np.asarray(values, np.float64)
+  edges = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+  return np.searchsorted(edges, values, side='right')
 
 
 def _init(model: FakeHead, stem, inputs: HeadInputs, seed: int):
@@ -236,3 +258,38 @@ def score_head(variables: dict[str, Any], stem: dict[str, Any], inputs: HeadInpu
                    pad(chunk.stage2_var))
     out.append(np.asarray(logits)[:n])
   return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def spectrum_features(faces: np.ndarray) -> np.ndarray:
+  """(N, S, S, 3) uint8 faces -> (N, R) azimuthally averaged log power spectrum of the grey face (the 1-D spectrum
+  of Durall et al. 2019, "Unmasking DeepFakes with simple features"), R = floor(sqrt(2) S / 2) + 1 integer rings
+  from DC out to the corners, so that a period-2 pattern (Nyquist, where a checkerboard sits) is in it; each photo's
+  curve shifted to mean 0
+  so that overall contrast drops out and the shape (how power falls with frequency, where a generator's upsampling
+  leaves bumps) is what remains. A Hann window keeps the face's border from adding a cross to the spectrum."""
+  faces = np.asarray(faces)
+  if faces.ndim != 4 or faces.shape[1] != faces.shape[2]:
+    raise ValueError(f'faces must be (N, S, S, C) squares, got {faces.shape}')
+  size = faces.shape[1]
+  grey = faces.astype(np.float64).mean(-1)
+  grey -= grey.mean(axis=(1, 2), keepdims=True)
+  window = np.outer(np.hanning(size), np.hanning(size))
+  power = np.abs(np.fft.fftshift(np.fft.fft2(grey * window), axes=(1, 2))) ** 2
+  yy, xx = np.indices((size, size)) - size // 2
+  radius = np.sqrt(xx ** 2 + yy ** 2).astype(np.int64).ravel()
+  counts = np.bincount(radius)
+  rings = np.stack([np.bincount(radius, p.ravel(), minlength=len(counts)) for p in power]) / counts
+  curve = np.log(rings + 1e-8)
+  return (curve - curve.mean(axis=1, keepdims=True)).astype(np.float32)
+
+
+def train_spectrum(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, c: float = 1.0):
+  """A standardised logistic regression on `spectrum_features`, each example weighted as `sampling_weights` draws
+  it -> the fitted scikit-learn pipeline (score with its decision_function)."""
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=import-outside-toplevel
+  from sklearn.pipeline import make_pipeline  # pylint: disable=import-outside-toplevel
+  from sklearn.preprocessing import StandardScaler  # pylint: disable=import-outside-toplevel
+  model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+  weights = np.asarray(weights, np.float64)
+  model.fit(features, labels, logisticregression__sample_weight=weights * len(weights) / weights.sum())
+  return model

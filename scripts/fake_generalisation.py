@@ -57,7 +57,8 @@ PSEUDO_KINDS = ('self_blend', 'swap', 'trace')
 ROWS = (('lfw_swap', ('lfw_real',)), ('stylegan3', ('ffhq_real',)), ('stylegan2', ('ffhq_real',)),
         ('self_blend', ('celeba_wild',)), ('swap', ('celeba_wild',)), ('trace', ('celeba_wild',)))
 # name -> (fields, balance_sources); --ablate runs them in this order. The script acts on the fields steps_x, twins,
-# canonical, canonical_scope and traces_only (see run_recipe); the rest are fakebench.Recipe fields.
+# canonical, canonical_scope, traces_only, sharpness_bins and detector (see run_recipe); the rest are
+# fakebench.Recipe fields.
 RECIPES = {
     'baseline': ({}, False),
     'launder_aug': ({'launder_prob': 0.5}, False),
@@ -86,6 +87,16 @@ RECIPES = {
     'traces_only': ({'traces_only': True}, False),
     'twins+traces_only': ({'twins': True, 'traces_only': True}, False),
     'twins+budget_x3': ({'twins': True, 'steps_x': 3}, False),
+    # The draws hold face sharpness (the shortcut both ways: pseudo-fakes softer than reals, StyleGAN3 sharper than
+    # FFHQ) equally distributed for reals and fakes: 8 pooled quantile bins of the training faces the head sees, each
+    # half real, half fake (fakebench.sampling_weights' strata), so sharpness alone predicts nothing in training.
+    'sharpness_strata': ({'sharpness_bins': 8}, False),
+    'canonical56+sharpness_strata': ({'canonical': 56, 'sharpness_bins': 8}, False),
+    'twins+sharpness_strata': ({'twins': True, 'sharpness_bins': 8}, False),
+    # Frequency features instead of the head: a logistic regression on each face's 1-D power spectrum
+    # (fakebench.spectrum_features), the classic GAN-upsampling detector; same photos, weights and test rows.
+    'spectrum': ({'detector': 'spectrum'}, False),
+    'spectrum+sharpness_strata': ({'detector': 'spectrum', 'sharpness_bins': 8}, False),
 }
 PROBE_COLUMNS = (*launder_lib.PROBES, 'face_px', 'face_sharpness')
 FACE_JPEG = 95  # what the align cache and the prepared datasets store; every face here is stored the same way
@@ -389,6 +400,8 @@ def run_recipe(name: str, items: list[Item], inputs: dict, stem, splits, args) -
   fields, balanced = dict(RECIPES[name][0]), RECIPES[name][1]
   steps = args.steps * fields.pop('steps_x', 1)
   twins = fields.pop('twins', False)
+  sharpness_bins = fields.pop('sharpness_bins', 0)
+  detector = fields.pop('detector', 'head')
   view = _view(inputs, fields.pop('canonical', 0), fields.pop('traces_only', False),
                fields.pop('canonical_scope', 'all'))
   recipe = fakebench.Recipe(**{'steps': steps, 'batch_size': args.batch_size, 'seed': args.seed, **fields})
@@ -401,10 +414,18 @@ def run_recipe(name: str, items: list[Item], inputs: dict, stem, splits, args) -
     t0 = time.time()
     if not twins:
       train = train[~is_twin[train]]
-    weights = fakebench.sampling_weights(labels[train], sources[train], balanced)
-    laundered = view['train_launder'].take(train) if recipe.launder_prob > 0 else None
-    variables = fakebench.train_head(stem, view['original'].take(train), labels[train], weights, recipe, laundered)
-    score = lambda inp: fakebench.score_head(variables, stem, inp, recipe.mode)
+    strata = None
+    if sharpness_bins:
+      strata = fakebench.quantile_strata(face_sharpness(view['original'].take(train).faces), sharpness_bins)
+    weights = fakebench.sampling_weights(labels[train], sources[train], balanced, strata)
+    if detector == 'spectrum':
+      spectra = lambda inp: fakebench.spectrum_features(inp.faces)
+      model = fakebench.train_spectrum(spectra(view['original'].take(train)), labels[train], weights)
+      score = lambda inp, model=model: model.decision_function(spectra(inp))
+    else:
+      laundered = view['train_launder'].take(train) if recipe.launder_prob > 0 else None
+      variables = fakebench.train_head(stem, view['original'].take(train), labels[train], weights, recipe, laundered)
+      score = lambda inp, variables=variables: fakebench.score_head(variables, stem, inp, recipe.mode)
     row = {'original': roc_auc(labels[test], score(view['original'].take(test)))}
     at = np.array([test_pos[int(i)] for i in test])
     for wash in launder_lib.LAUNDERINGS:
@@ -535,8 +556,8 @@ def main(argv=None) -> int:
   parser.add_argument('--train-cache', type=pathlib.Path, default=ROOT / 'runs' / 'rt-mtcnn' / '_align_cache',
                       help="realfaces-train's MTCNN align cache root")
   parser.add_argument('--backbone', type=pathlib.Path, default=ROOT / 'runs' / 'mbf_ms1m_init')
-  parser.add_argument('--per-source', type=int, default=None, help='photos per source (default 100, quick 30)')
-  parser.add_argument('--steps', type=int, default=None, help='head training steps (default 80, quick 40)')
+  parser.add_argument('--per-source', type=int, default=None, help='photos per source (default 100, quick 20)')
+  parser.add_argument('--steps', type=int, default=None, help='head training steps (default 80, quick 30)')
   parser.add_argument('--batch-size', type=int, default=None, help='head training batch (default 32, quick 16)')
   parser.add_argument('--recipes', default=None, help='comma-separated recipe names (default: baseline, or all '
                       'with --ablate)')

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from jaxface import fakebench
+from jaxface.metrics import roc_auc
 from jaxface.data import launder
 from jaxface.data import pseudofakes
 from jaxface.metrics import roc_auc
@@ -92,6 +93,54 @@ def test_sampling_weights_balance_classes_and_sources():
   assert balanced[3] == pytest.approx(0.25) and balanced[0] == pytest.approx(0.25 / 3)
   with pytest.raises(ValueError, match='no fake examples'):
     fakebench.sampling_weights(labels[:4], sources[:4], False)
+
+
+def test_strata_make_a_statistic_independent_of_the_label_in_the_draws():
+  rng = np.random.default_rng(0)
+  # Sharpness-like statistic: reals mostly sharp, fakes mostly soft, some overlap; one fake stratum has no real.
+  labels = np.array([0] * 60 + [1] * 40)
+  value = np.concatenate([rng.normal(1.0, 0.6, 60), rng.normal(0.0, 0.6, 40)])
+  strata = fakebench.quantile_strata(value, 5)
+  assert strata.min() == 0 and strata.max() == 4 and np.bincount(strata).min() >= 19
+  strata[labels == 1] = np.where(strata[labels == 1] == 0, 9, strata[labels == 1])  # 9: fakes only
+  weights = fakebench.sampling_weights(labels, np.array(['s'] * 100), False, strata)
+  assert weights.sum() == pytest.approx(1.0) and weights[labels == 0].sum() == pytest.approx(0.5)
+  assert weights[strata == 9].sum() == 0  # nothing to contrast them with
+  for b in np.unique(strata[weights > 0]):
+    real, fake = weights[(strata == b) & (labels == 0)].sum(), weights[(strata == b) & (labels == 1)].sum()
+    assert real == pytest.approx(fake)  # P(stratum | real) == P(stratum | fake)
+  # Without strata the classes' stratum distributions differ a lot (the statistic predicts the label).
+  natural = fakebench.sampling_weights(labels, np.array(['s'] * 100), False)
+  gap = sum(abs(natural[(strata == b) & (labels == 0)].sum() - natural[(strata == b) & (labels == 1)].sum())
+            for b in np.unique(strata))
+  assert gap > 0.3
+  with pytest.raises(ValueError, match='one stratum per example'):
+    fakebench.sampling_weights(labels, labels, False, strata[:5])
+  with pytest.raises(ValueError, match='no stratum holds both'):
+    fakebench.sampling_weights(labels, labels, False, labels)
+
+
+def test_the_spectrum_detector_sees_an_upsampling_pattern_that_survives_contrast():
+  rng = np.random.default_rng(3)
+  n, side = 80, 32
+  base = rng.normal(128, 30, (n, side // 4, side // 4)).repeat(4, 1).repeat(4, 2)  # smooth-ish faces
+  checker = np.indices((side, side)).sum(0) % 2 * 2 - 1.0
+  labels = np.arange(n) % 2
+  contrast = rng.uniform(0.5, 1.5, n)[:, None, None]  # says nothing about the label
+  faces = (base - 128) * contrast + 128 + labels[:, None, None] * 6 * checker
+  faces = np.clip(faces, 0, 255).astype(np.uint8)[..., None].repeat(3, -1)
+  feats = fakebench.spectrum_features(faces)
+  assert feats.shape == (n, int(np.sqrt(2) * side / 2) + 1) and np.allclose(feats.mean(1), 0, atol=1e-5)
+  assert feats[labels == 1, -1].mean() > feats[labels == 0, -1].mean() + 1  # the pattern lives at the top ring
+  # Contrast alone shifts every ring equally, which the per-photo centring removes.
+  scaled = fakebench.spectrum_features(np.clip((faces[:1].astype(float) - 128) * 0.5 + 128, 0, 255).astype(np.uint8))
+  assert np.abs(scaled - feats[:1]).max() < 0.5
+  train, test = np.arange(n) < 60, np.arange(n) >= 60
+  weights = fakebench.sampling_weights(labels[train], labels[train].astype(str), False)
+  model = fakebench.train_spectrum(feats[train], labels[train], weights)
+  assert roc_auc(labels[test], model.decision_function(feats[test])) > 0.95
+  with pytest.raises(ValueError, match='squares'):
+    fakebench.spectrum_features(faces[:, :, :20])
 
 
 def test_the_trace_head_learns_a_checkerboard_on_a_frozen_stem(mbf_variables):
@@ -182,7 +231,8 @@ _TRAIN = REPO_ROOT.parent / 'shared' / 'data' / 'realfaces-train'
 
 
 def test_every_source_of_the_shared_data_is_found():
-  caches = [REPO_ROOT / 'runs' / 'fakegen' / 'rd_align_cache', REPO_ROOT / 'runs' / 'rt-mtcnn' / '_align_cache']
+  # The script's default caches: what scripts/preprocess.py --aligner mtcnn --out runs/rd-mtcnn (and rt-mtcnn) leave.
+  caches = [REPO_ROOT / 'runs' / 'rd-mtcnn' / '_align_cache', REPO_ROOT / 'runs' / 'rt-mtcnn' / '_align_cache']
   if not (_DEV.is_dir() and _TRAIN.is_dir()) or not all(any(c.glob('mtcnn-*')) for c in caches if c.is_dir()) \
       or not all(c.is_dir() for c in caches):
     pytest.skip('needs ../shared/data/realfaces-dev and -train and their MTCNN align caches under runs/')
