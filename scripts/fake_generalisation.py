@@ -57,8 +57,8 @@ PSEUDO_KINDS = ('self_blend', 'swap', 'trace')
 ROWS = (('lfw_swap', ('lfw_real',)), ('stylegan3', ('ffhq_real',)), ('stylegan2', ('ffhq_real',)),
         ('self_blend', ('celeba_wild',)), ('swap', ('celeba_wild',)), ('trace', ('celeba_wild',)))
 # name -> (fields, balance_sources); --ablate runs them in this order. The script acts on the fields steps_x, twins,
-# canonical, canonical_scope, traces_only, sharpness_bins and detector (see run_recipe); the rest are
-# fakebench.Recipe fields.
+# canonical, canonical_scope, traces_only, sharpness_bins, detector, fake_families, fake_count and family_heads (see
+# run_recipe); the rest are fakebench.Recipe fields.
 RECIPES = {
     'baseline': ({}, False),
     'launder_aug': ({'launder_prob': 0.5}, False),
@@ -97,7 +97,20 @@ RECIPES = {
     # (fakebench.spectrum_features), the classic GAN-upsampling detector; same photos, weights and test rows.
     'spectrum': ({'detector': 'spectrum'}, False),
     'spectrum+sharpness_strata': ({'detector': 'spectrum', 'sharpness_bins': 8}, False),
+    # Does the number of fake families the head trains on matter more than the recipe? canonical56 with the training
+    # fakes cut to 100 photos drawn from 1, 2 or all of the row's training fake sources (a seeded draw per row and
+    # photo draw), so the three differ only in how many generators the 100 come from.
+    'canonical56+fakes100_families1': ({'canonical': 56, 'fake_families': 1, 'fake_count': 100}, False),
+    'canonical56+fakes100_families2': ({'canonical': 56, 'fake_families': 2, 'fake_count': 100}, False),
+    'canonical56+fakes100_all': ({'canonical': 56, 'fake_count': 100}, False),
+    # One head per fake family the row trains on (FAMILIES: GAN faces, blended faces), each against all the training
+    # reals; a photo scores the larger of the heads' scores, each standardised on the training reals. Trained on one
+    # family, the head transfers within it (StyleGAN2 -> StyleGAN3 0.65) and falls below chance across (StyleGAN ->
+    # blends 0.35-0.43): in one head the two families' cues cancel.
+    'canonical56+family_heads': ({'canonical': 56, 'family_heads': True}, False),
 }
+FAMILIES = {'stylegan2': 'gan', 'stylegan3': 'gan', 'lfw_swap': 'blend', 'self_blend': 'blend', 'swap': 'blend',
+            'trace': 'blend'}
 PROBE_COLUMNS = (*launder_lib.PROBES, 'face_px', 'face_sharpness')
 FACE_JPEG = 95  # what the align cache and the prepared datasets store; every face here is stored the same way
 
@@ -394,6 +407,42 @@ def _view(inputs: dict, canonical: int, traces_only: bool = False, canonical_sco
   return views
 
 
+def _cut_fakes(train: np.ndarray, labels: np.ndarray, sources: np.ndarray, families: int, count: int,
+               seed: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+  """`train` with its fakes cut to `count` photos (0: all) of `families` of its fake sources (0: all), both drawn
+  with `seed` -> (indices, the fake sources kept)."""
+  rng = np.random.default_rng(seed)
+  fakes = train[labels[train] == 1]
+  names = sorted(set(sources[fakes]))
+  kept = sorted(rng.choice(names, families, replace=False)) if 0 < families < len(names) else names
+  pool = fakes[np.isin(sources[fakes], kept)]
+  if count and count < len(pool):
+    pool = rng.choice(pool, count, replace=False)
+  return np.sort(np.concatenate([train[labels[train] == 0], pool])), [str(k) for k in kept]
+
+
+def _family_heads(train: np.ndarray, labels: np.ndarray, sources: np.ndarray, balanced: bool, strata, view: dict,
+                  stem, recipe):
+  """One head per FAMILIES family among the training fakes, each on all training reals and that family's fakes ->
+  a scorer: per photo the largest of the heads' scores, each standardised by its scores on the training reals."""
+  from jaxface import fakebench  # pylint: disable=import-outside-toplevel
+  if recipe.launder_prob > 0:
+    raise ValueError('family_heads does not take launder_prob')
+  reals = train[labels[train] == 0]
+  family_of = np.array([FAMILIES.get(str(src), '') if label else '' for src, label in zip(sources[train],
+                                                                                          labels[train])])
+  heads = []
+  for family in sorted(set(family_of) - {''}):
+    part = np.sort(np.concatenate([reals, train[family_of == family]]))
+    cut = None if strata is None else strata[np.searchsorted(train, part)]
+    weights = fakebench.sampling_weights(labels[part], sources[part], balanced, cut)
+    variables = fakebench.train_head(stem, view['original'].take(part), labels[part], weights, recipe)
+    on_reals = fakebench.score_head(variables, stem, view['original'].take(reals), recipe.mode)
+    heads.append((variables, float(on_reals.mean()), float(on_reals.std()) + 1e-6))
+  return lambda inp: np.max([(fakebench.score_head(v, stem, inp, recipe.mode) - mu) / sd for v, mu, sd in heads],
+                            axis=0)
+
+
 def run_recipe(name: str, items: list[Item], inputs: dict, stem, splits, args) -> dict[str, dict[str, float]]:
   """Trains one head per row with recipe `name` -> {row: {'original': AUC, laundering: AUC, ...}}."""
   from jaxface import fakebench  # pylint: disable=import-outside-toplevel
@@ -402,6 +451,8 @@ def run_recipe(name: str, items: list[Item], inputs: dict, stem, splits, args) -
   twins = fields.pop('twins', False)
   sharpness_bins = fields.pop('sharpness_bins', 0)
   detector = fields.pop('detector', 'head')
+  fake_families, fake_count = fields.pop('fake_families', 0), fields.pop('fake_count', 0)
+  family_heads = fields.pop('family_heads', False)
   view = _view(inputs, fields.pop('canonical', 0), fields.pop('traces_only', False),
                fields.pop('canonical_scope', 'all'))
   recipe = fakebench.Recipe(**{'steps': steps, 'batch_size': args.batch_size, 'seed': args.seed, **fields})
@@ -410,10 +461,13 @@ def run_recipe(name: str, items: list[Item], inputs: dict, stem, splits, args) -
   is_twin = np.array([it.role == 'twin' for it in items])
   test_pos = {int(i): k for k, i in enumerate(inputs['test_index'])}
   table = {}
-  for fake, (train, test) in splits.items():
+  for row_index, (fake, (train, test)) in enumerate(splits.items()):
     t0 = time.time()
     if not twins:
       train = train[~is_twin[train]]
+    kept = sorted(set(sources[train][labels[train] == 1]))
+    if fake_families or fake_count:
+      train, kept = _cut_fakes(train, labels, sources, fake_families, fake_count, (args.seed, row_index))
     strata = None
     if sharpness_bins:
       strata = fakebench.quantile_strata(face_sharpness(view['original'].take(train).faces), sharpness_bins)
@@ -422,6 +476,8 @@ def run_recipe(name: str, items: list[Item], inputs: dict, stem, splits, args) -
       spectra = lambda inp: fakebench.spectrum_features(inp.faces)
       model = fakebench.train_spectrum(spectra(view['original'].take(train)), labels[train], weights)
       score = lambda inp, model=model: model.decision_function(spectra(inp))
+    elif family_heads:
+      score = _family_heads(train, labels, sources, balanced, strata, view, stem, recipe)
     else:
       laundered = view['train_launder'].take(train) if recipe.launder_prob > 0 else None
       variables = fakebench.train_head(stem, view['original'].take(train), labels[train], weights, recipe, laundered)
@@ -436,6 +492,7 @@ def run_recipe(name: str, items: list[Item], inputs: dict, stem, splits, args) -
     row['train_photos'], row['test_reals'], row['test_fakes'] = len(train), int((labels[test] == 0).sum()), int(
         labels[test].sum())
     row['seconds'] = round(time.time() - t0, 1)
+    row['train_fake_sources'] = kept
     table[fake] = row
     print(f'  [{name}] {fake:>10}: AUC {row["original"]:.3f}, JPEG 75 {row["jpeg_75"]:.3f}, x0.5 '
           f'{row["resize_0.5"]:.3f}, train {row["train_auc"]:.3f} ({row["seconds"]:.0f} s)', flush=True)

@@ -302,3 +302,41 @@ def test_a_recipe_reads_the_canonical_faces_alone_or_with_their_backbone_feature
   assert not view['jpeg_75'].stage2_mean.any() and not view['jpeg_75'].stage2_var.any()
   with pytest.raises(ValueError, match='canonical_scope'):
     fg._view(inputs, 56, canonical_scope='stem')  # pylint: disable=protected-access
+
+
+def test_cut_fakes_keeps_every_real_and_count_fakes_of_the_drawn_families():
+  labels = np.array([0] * 10 + [1] * 30)
+  sources = np.array(['r'] * 10 + ['a'] * 10 + ['b'] * 10 + ['c'] * 10)
+  train = np.arange(40)
+  cut, kept = fg._cut_fakes(train, labels, sources, 2, 12, (0, 1))  # pylint: disable=protected-access
+  assert len(kept) == 2 and set(kept) <= {'a', 'b', 'c'}
+  assert set(cut[labels[cut] == 0]) == set(range(10)) and (labels[cut] == 1).sum() == 12
+  assert set(sources[cut][labels[cut] == 1]) <= set(kept)
+  assert fg._cut_fakes(train, labels, sources, 2, 12, (0, 1))[1] == kept  # pylint: disable=protected-access
+  whole, names = fg._cut_fakes(train, labels, sources, 0, 0, (0, 1))  # pylint: disable=protected-access
+  assert names == ['a', 'b', 'c'] and np.array_equal(whole, train)
+
+
+def test_family_heads_train_one_head_per_family_and_score_the_largest_standardised(monkeypatch):
+  labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+  sources = np.array(['ffhq_real', 'orl', 'orl', 'lfw_real', 'stylegan2', 'stylegan2', 'swap', 'trace'])
+  train = np.arange(8)
+  faces = np.arange(8, dtype=np.float32)[:, None]  # one number per photo stands in for its face
+  view = {'original': fakebench.HeadInputs(faces, faces, faces, faces)}
+  seen = []
+
+  def fake_train(stem, inputs, lab, weights, recipe):  # each "head" scores a photo as +-its number
+    seen.append((inputs.faces[:, 0].astype(int).tolist(), lab.tolist()))
+    return {'sign': 1.0 if len(seen) == 1 else -1.0}
+
+  monkeypatch.setattr(fakebench, 'train_head', fake_train)
+  monkeypatch.setattr(fakebench, 'score_head', lambda v, stem, inp, mode: v['sign'] * inp.faces[:, 0])
+  score = fg._family_heads(train, labels, sources, False, None, view, None,  # pylint: disable=protected-access
+                           fakebench.Recipe(steps=1))
+  # 'blend' (swap, trace) then 'gan' (stylegan2), each with every training real.
+  assert seen == [([0, 1, 2, 3, 6, 7], [0, 0, 0, 0, 1, 1]), ([0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 1, 1])]
+  reals = np.arange(4.0)
+  z = lambda x, sign: (sign * x - (sign * reals).mean()) / ((sign * reals).std() + 1e-6)
+  probe = fakebench.HeadInputs(*(np.array([[-3.0], [1.5], [9.0]], np.float32),) * 4)
+  expected = np.maximum(z(probe.faces[:, 0], 1.0), z(probe.faces[:, 0], -1.0))
+  np.testing.assert_allclose(score(probe), expected, rtol=1e-5)
