@@ -263,10 +263,10 @@ def score_head(variables: dict[str, Any], stem: dict[str, Any], inputs: HeadInpu
 def spectrum_features(faces: np.ndarray) -> np.ndarray:
   """(N, S, S, 3) uint8 faces -> (N, R) azimuthally averaged log power spectrum of the grey face (the 1-D spectrum
   of Durall et al. 2019, "Unmasking DeepFakes with simple features"), R = floor(sqrt(2) S / 2) + 1 integer rings
-  from DC out to the corners, so that a period-2 pattern (Nyquist, where a checkerboard sits) is in it; each photo's
-  curve shifted to mean 0
-  so that overall contrast drops out and the shape (how power falls with frequency, where a generator's upsampling
-  leaves bumps) is what remains. A Hann window keeps the face's border from adding a cross to the spectrum."""
+  from DC out to the corners, so that a period-2 pattern (Nyquist, where a checkerboard sits) is in it. Each photo's
+  curve is shifted to mean 0 so that overall contrast drops out and the shape (how power falls with frequency, where
+  a generator's upsampling leaves bumps) is what remains. A Hann window keeps the face's border from adding a cross
+  to the spectrum."""
   faces = np.asarray(faces)
   if faces.ndim != 4 or faces.shape[1] != faces.shape[2]:
     raise ValueError(f'faces must be (N, S, S, C) squares, got {faces.shape}')

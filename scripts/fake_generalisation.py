@@ -460,6 +460,8 @@ def run_recipe(name: str, items: list[Item], inputs: dict, stem, splits, args) -
   sources = np.array([it.source for it in items])
   is_twin = np.array([it.role == 'twin' for it in items])
   test_pos = {int(i): k for k, i in enumerate(inputs['test_index'])}
+  # Per photo, of the faces the head sees; each row bins its own training photos' values.
+  sharpness = face_sharpness(view['original'].faces) if sharpness_bins else None
   table = {}
   for row_index, (fake, (train, test)) in enumerate(splits.items()):
     t0 = time.time()
@@ -468,9 +470,7 @@ def run_recipe(name: str, items: list[Item], inputs: dict, stem, splits, args) -
     kept = sorted(set(sources[train][labels[train] == 1]))
     if fake_families or fake_count:
       train, kept = _cut_fakes(train, labels, sources, fake_families, fake_count, (args.seed, row_index))
-    strata = None
-    if sharpness_bins:
-      strata = fakebench.quantile_strata(face_sharpness(view['original'].take(train).faces), sharpness_bins)
+    strata = None if sharpness is None else fakebench.quantile_strata(sharpness[train], sharpness_bins)
     weights = fakebench.sampling_weights(labels[train], sources[train], balanced, strata)
     if detector == 'spectrum':
       spectra = lambda inp: fakebench.spectrum_features(inp.faces)
