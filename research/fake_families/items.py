@@ -9,7 +9,7 @@ Transforms:
     'self_blend:<s>'   a self-blended fake of the photo (Shiohara & Yamasaki), `jaxface.data.pseudofakes`
     'trace:<s>'        generator traces pasted into the face (checkerboard, spectral, smoothing)
     'swap:<s>:<path>'  the inner face of another real photo warped onto this one and pasted, colour-matched
-Pseudo-fakes are made at the photo's own resolution, on square photos only (their masks are square).
+Pseudo-fakes are made at the photo's own resolution (a photo that is not square is padded to one and cut back).
 """
 from __future__ import annotations
 
@@ -154,8 +154,11 @@ def _ffhq_look(photo, marks):
 
 def _pseudo(kind: str, arg: str, photo: np.ndarray, marks: np.ndarray, landmarks: Landmarks) -> np.ndarray:
   tf, pseudofakes = _tf()
-  if photo.shape[0] != photo.shape[1]:
-    raise ValueError('pseudo-fakes are made from square photos only')
+  height, width = photo.shape[:2]
+  if height != width:  # the masks are square: pad to a square (edge pixels), change, cut back
+    side = max(height, width)
+    photo = np.pad(photo, ((0, side - height), (0, side - width), (0, 0)), mode='edge')
+    return _pseudo(kind, arg, photo, marks, landmarks)[:height, :width]
   seed, _, donor_path = arg.partition(':')
   image, lms = tf.constant(photo), tf.constant(marks)
   if kind == 'self_blend':
