@@ -56,10 +56,16 @@ def write_split(out: pathlib.Path) -> pathlib.Path:
 
 
 def _embed(paths: list[str], checkpoint: str) -> np.ndarray:
-  """(N, D) unit embeddings of raw photos (aligned by MTCNN; a faceless photo is embedded from its centre crop)."""
+  """(N, D) unit embeddings of raw photos (aligned by MTCNN; a faceless photo is embedded from its centre crop, as
+  evaluation scores it)."""
+  from jaxface import scoring  # pylint: disable=import-outside-toplevel
   from jaxface.verify import FaceVerifier  # pylint: disable=import-outside-toplevel
   verifier = FaceVerifier.load(checkpoint, aligner='mtcnn')
-  return np.concatenate([verifier.embed(paths[i:i + 64]) for i in range(0, len(paths), 64)])
+  out = []
+  for start in range(0, len(paths), 64):
+    faces, _ = verifier.align_with_flags(paths[start:start + 64], aligned=False)
+    out.append(np.asarray(scoring.l2_normalize(verifier.infer(faces)[0])))
+  return np.concatenate(out)
 
 
 def build(out: pathlib.Path, same_cosine: float, pairing_checkpoint: str) -> dict[str, int]:
