@@ -30,9 +30,9 @@ or folder), `exclude.txt` (the outliers and the photos the proposed splits move 
 --exclude` leaves out of train and val), `sheets/*.png` (contact sheets of the flagged folders and merge pairs, for
 review), `embeddings.npz` (keys and embeddings, reused by `--embeddings`) and `summary.json`.
 
-The thresholds were chosen with `scripts/label_noise.py measure` on realfaces-train with seeded injected noise and
-the pretrained MobileFaceNet (`CleanParams` says what each was measured to give). The cleaner itself needs neither
-TensorFlow nor PyTorch unless photos have to be aligned (then the aligner's torch loads).
+The thresholds were chosen with `python -m research.label_noise.label_noise measure` on realfaces-train with seeded
+injected noise and the pretrained MobileFaceNet (`CleanParams` says what each was measured to give). The cleaner
+itself needs neither TensorFlow nor PyTorch unless photos have to be aligned (then the aligner's torch loads).
 
 Exit status: 0, or 2 with one line for a user error (missing folder or checkpoint, unreadable embeddings file).
 """

@@ -24,7 +24,7 @@ class CleanError(ValueError):
 class CleanParams:
   """Thresholds of the cleaner (cosines of unit-norm embeddings), chosen on measured injected noise.
 
-  Chosen with `python scripts/label_noise.py measure` on realfaces-train (pretrained MobileFaceNet
+  Chosen with `python -m research.label_noise.label_noise measure` on realfaces-train (pretrained MobileFaceNet
   `runs/mbf_ms1m_init`, MTCNN faces, 2026-12-03): noise seed 0 over edge 0.25-0.35 x outlier 0.1-0.3 x merge
   0.15-0.45, best min(precision, recall) with the clean copy's own flags counted apart and capped at 250 photos;
   reported on seeds 1 and 2 (README, "Label cleaning"). At these defaults flagged photos score precision 0.75-0.77
@@ -37,11 +37,11 @@ class CleanParams:
   outlier: a photo whose cosine to its folder's core mean (itself left out) is below this does not belong.
   merge: two folders are a merge candidate when their hubness-corrected mean cross cosine (`merge_scores`) is at
     least this.
-  duplicate: two photos are near-duplicates when their cosine is at least this. Measured (`scripts/label_noise.py
-    duplicates`, 300 photos): a JPEG-75 re-encode of a face scores 0.98 or more, a copy at 0.8x size and JPEG 60
-    0.92 or more in 95% of cases; by eye, 20 of 20 sampled pairs at 0.92 or more on realfaces-train are the same shot.
-    Harsher copies (0.6x, JPEG 40: median 0.82) are not found: 10% of the photos have a different photo of the same
-    person at 0.84 or more.
+  duplicate: two photos are near-duplicates when their cosine is at least this. Measured (`python -m
+    research.label_noise.label_noise duplicates`, 300 photos): a JPEG-75 re-encode of a face scores 0.98 or more, a
+    copy at 0.8x size and JPEG 60 0.92 or more in 95% of cases; by eye, 20 of 20 sampled pairs at 0.92 or more on
+    realfaces-train are the same shot. Harsher copies (0.6x, JPEG 40: median 0.82) are not found: 10% of the photos
+    have a different photo of the same person at 0.84 or more.
   min_split: photos that do not belong and are connected among themselves in at least this number make the folder
     `mixed` (a second person, with the split proposed) rather than outliers.
   neighbours: nearest folders looked at per folder in the merge search (the duplicate search looks at the

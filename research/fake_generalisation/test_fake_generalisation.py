@@ -9,17 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxface import fakebench
-from jaxface.metrics import roc_auc
-from jaxface.data import launder
 from jaxface.data import pseudofakes
 from jaxface.metrics import roc_auc
 from jaxface.models.heads import mean_std_pool
 from jaxface.models.mobilefacenet import MobileFaceNet
-from script_loader import load_script
+from research.fake_generalisation import benchmark as fg
+from research.fake_generalisation import fakebench, launder
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-fg = load_script('fake_generalisation')
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _photo(seed: int = 0, size: tuple[int, int] = (40, 30)) -> np.ndarray:

@@ -1,6 +1,6 @@
 r"""A second opinion on what the label cleaner flags: the dlib peer's verdict on each flagged photo and merge candidate.
 
-  python scripts/peer_flags.py --data-dir ../shared/data/realfaces-train \
+  python -m research.label_noise.peer_flags --data-dir ../shared/data/realfaces-train \
       --report runs/clean/report_clean_final --out runs/clean/peer_flags
 
 The cleaner (`python -m jaxface.data.clean`) flags photos of a folder that do not match its identity and pairs of
@@ -29,8 +29,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # also run as a file, not only with python -m from the repository
 
 from jaxface import peers  # noqa: E402  pylint: disable=g-import-not-at-top
 from jaxface.data import challenge  # noqa: E402  pylint: disable=g-import-not-at-top

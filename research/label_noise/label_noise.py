@@ -1,13 +1,13 @@
 """Seeded label noise for a challenge folder, and how well `jaxface.data.clean` finds it.
 
     # a noisy copy: symlinks to the photos (none copied), the truth in OUT/noise_truth.json
-    python scripts/label_noise.py make --data-dir ../shared/data/realfaces-train --out runs/clean/noisy \
+    python -m research.label_noise.label_noise make --data-dir ../shared/data/realfaces-train --out runs/clean/noisy \
         --cache-dir runs/clean/_align_cache
     # precision and recall of flagged photos and merge candidates, over a grid of thresholds
-    python scripts/label_noise.py measure --data-dir ../shared/data/realfaces-train --checkpoint runs/mbf_ms1m_init \
-        --cache-dir runs/clean/_align_cache --out runs/clean/measure
+    python -m research.label_noise.label_noise measure --data-dir ../shared/data/realfaces-train \
+        --checkpoint runs/mbf_ms1m_init --cache-dir runs/clean/_align_cache --out runs/clean/measure
     # the cleaner at scale: 10,000 folders x 10 photos of synthetic embeddings, timed
-    python scripts/label_noise.py scale --folders 10000 --photos 10
+    python -m research.label_noise.label_noise scale --folders 10000 --photos 10
 
 The noise (`inject`), as issue 22 asks: 1-3 real photos of another person are moved into 10% of the folders, and 2%
 of the people are split into two folders. Folders that receive intruders hold at least 2 real photos and receive
@@ -208,7 +208,7 @@ def score_photos(flagged: set[str], truth: set[str], preexisting: set[str], conf
                  ) -> dict[str, Any]:
   """Precision and recall of flagged photos; `preexisting` (flagged on the clean copy) also counted apart.
 
-  `confirmed`: photos a peer recogniser also calls another person (scripts/peer_flags.py); the pre-existing flags
+  `confirmed`: photos a peer recogniser also calls another person (peer_flags.py here); the pre-existing flags
   among them are counted as true in `precision_peer_confirmed`.
   """
   hits = len(flagged & truth)
@@ -473,7 +473,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   meas.add_argument('--edge', type=float, nargs='+', default=[0.25, 0.3, 0.35, 0.4])
   meas.add_argument('--outlier', type=float, nargs='+', default=[0.1, 0.15, 0.2, 0.25, 0.3])
   meas.add_argument('--merge', type=float, nargs='+', default=[0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45])
-  meas.add_argument('--peer-verdicts', default=None, help='OUT of scripts/peer_flags.py on the clean copy\'s '
+  meas.add_argument('--peer-verdicts', default=None, help='OUT of peer_flags.py on the clean copy\'s '
                     'report: also score the pre-existing flags the peer confirms as true')
   meas.add_argument('--max-preexisting', type=int, default=250, help='cap on the clean copy\'s flagged photos when '
                     'picking (see choose())')
@@ -509,7 +509,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def read_peer_verdicts(folder: PathLike) -> dict[str, set]:
-  """scripts/peer_flags.py's OUT -> {'photos': flagged photos the peer calls another person, 'merges': candidate
+  """peer_flags.py's OUT -> {'photos': flagged photos the peer calls another person, 'merges': candidate
   folder pairs it calls one person}."""
   folder = pathlib.Path(folder)
   with open(folder / 'photos.csv', newline='') as f:
