@@ -34,9 +34,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = 'float32'
   config.model.bn_axis_name = 'batch'
   config.model.space_to_depth = True
-  # > 0: the trace branch of the fake head reads the face brought to this many px (of 112) and back (see the README's
-  # fake-head generalisation benchmark); 0 reads the photo as it is.
-  config.model.fake_canonical_px = 0
 
   # ------------------------------------------------------------------------------------------------------------- data
   from jaxface.data import data_config  # pylint: disable=g-import-not-at-top

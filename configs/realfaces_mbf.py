@@ -27,9 +27,9 @@ deterministic), validated at cosine 0.052, fused 0.040. realfaces-train test pai
 fused **0.048**, cosine 0.054 (same vs different 0.056 / 0.054, same vs fake 0.038 / 0.056), TAR at FAR 1e-3 0.888,
 fake-in-pair AUC 0.862; realfaces-dev test pairs fused 0.007. The pretrained net alone scores cosine 0.058. The fake
 head does not carry over to realfaces-dev's generators (AUC 0.455), so fusing helps only against StyleGAN2 fakes.
-`--config.model.fake_canonical_px=56` (the trace branch reads the face at one resolution, the benchmark's best
-recipe) was measured and not taken: realfaces-train test fused 0.054 (+0.006), realfaces-dev 0.0067, dev fake AUC
-0.458.
+A trace branch reading the face at one resolution (`fake_canonical_px=56`, the benchmark's best recipe) was measured
+and not taken: realfaces-train test fused 0.054 (+0.006), realfaces-dev 0.0067, dev fake AUC 0.458; it left the model
+on 2026-12-07 (research/fake_generalisation/README.md).
 """
 from configs import default as default_lib
 
