@@ -15,6 +15,7 @@ Flow of one run, top to bottom in `train_and_evaluate`:
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
@@ -23,7 +24,7 @@ import pathlib
 import signal
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -322,6 +323,21 @@ def _log_summaries(summaries: list, step: int, rstate: dict, config: ml_collecti
   return scalars
 
 
+def read_training_data(config: ml_collections.ConfigDict) -> tuple[Any, ml_collections.ConfigDict]:
+  """Opens the dataset the config trains on (the synthetic demo set is made on first use, by process 0 first, the
+  others then read it); returns it and a copy of the config that records it (`config.data.tfds_dir` and the aligner
+  preprocessing used, which evaluation and verification follow: `jaxface.data.sources.aligner_settings`)."""
+  from jaxface.data import prepared, sources  # pylint: disable=g-import-not-at-top
+
+  dataset = distributed.primary_first(lambda: prepared.open_prepared(sources.training_tfds_dir(config.data)))
+  config = copy.deepcopy(config)
+  settings = sources.aligner_settings(dataset)
+  if settings.get('aligner', config.data.aligner) != config.data.aligner:
+    log.info('The dataset was aligned with %r: evaluation will align raw photos the same way', settings['aligner'])
+  config.data.update(settings)
+  return dataset, config
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
   """Trains (or resumes) a run in `workdir`; returns the final validation metrics."""
   from jaxface.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -329,8 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   maybe_initialize_distributed(config)
-  # Generates the synthetic set on first use (process 0 first, the others then read it); adopts the dataset's aligner.
-  dataset = distributed.primary_first(lambda: pipeline.open_prepared(config))
+  dataset, config = read_training_data(config)
   plan = _plan(config, dataset)
 
   model = build_model(config.model)

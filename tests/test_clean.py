@@ -1,8 +1,8 @@
-"""Label cleaning (jaxface.data.clean) on synthetic embeddings (its noise measurement: research/label_noise).
+"""Label cleaning (jaxface.clean) on synthetic embeddings (its noise measurement: research/label_noise).
 
 Embeddings are made directly (128-d like MobileFaceNet's; a random unit centre per person plus noise: two photos of
 one person have cosine about 0.5, of two people about 0), so no network runs; the command line runs on a tiny
-synthetic challenge folder with a hand-made embeddings file. The exclude list goes through scripts/preprocess.py's
+synthetic challenge folder with a hand-made embeddings file. The exclude list goes through preprocessing's
 reader and the builder's align stage ('none' aligner). Real-data figures come from `research/label_noise`
 (its README), not from here: they need the align cache of realfaces-train and 5 minutes of embedding.
 """
@@ -13,8 +13,8 @@ import csv
 import numpy as np
 import pytest
 
-from jaxface.data import challenge, clean
-from script_loader import load_script
+from jaxface import clean, preprocess
+from jaxface.data import challenge
 
 
 def _people(counts: dict[str, int], seed: int = 0, dim: int = 128
@@ -116,17 +116,17 @@ def test_ivf_index_is_exact_when_small_and_close_to_exact_when_large():
 
 def test_exclude_list_round_trip_and_one_line_errors(tmp_path):
   path = clean.write_exclude(tmp_path, ['a/1.jpg', 'b/2.jpg'], header='made by a test\nsecond line')
-  assert clean.read_exclude(path) == ('a/1.jpg', 'b/2.jpg')
+  assert challenge.read_exclude(path) == ('a/1.jpg', 'b/2.jpg')
   (tmp_path / 'bad.txt').write_text('a/1.jpg\nnot-a-key\n', encoding='utf-8')
   with pytest.raises(challenge.DataFormatError, match=r'bad.txt: line 2 .*not "<person_id>/<file>"'):
-    clean.read_exclude(tmp_path / 'bad.txt')
+    challenge.read_exclude(tmp_path / 'bad.txt')
   data = tmp_path / 'data'
   challenge.train_images_dir(data).mkdir(parents=True)
   challenge.meta_path(data).write_text('{"a/1.jpg": 0}', encoding='utf-8')
   with pytest.raises(challenge.DataFormatError, match=r'1 keys are not in .*meta.json.*another data folder'):
-    clean.read_exclude(path, data)
+    challenge.read_exclude(path, data)
   with pytest.raises(challenge.DataFormatError, match='cannot read the exclude list'):
-    clean.read_exclude(tmp_path / 'missing.txt')
+    challenge.read_exclude(tmp_path / 'missing.txt')
 
 
 def test_command_line_writes_report_exclude_list_and_sheets(synthetic_data_dir, tmp_path):
@@ -142,7 +142,7 @@ def test_command_line_writes_report_exclude_list_and_sheets(synthetic_data_dir, 
   clean.save_embeddings(npz, keys, embeddings, [meta[key] for key in keys], [], {})
   out = tmp_path / 'report'
   assert clean.main([str(synthetic_data_dir), '--embeddings', str(npz), '--out', str(out), '--no-progress']) == 0
-  assert clean.read_exclude(out / clean.EXCLUDE_NAME, synthetic_data_dir) == (intruder,)
+  assert challenge.read_exclude(out / clean.EXCLUDE_NAME, synthetic_data_dir) == (intruder,)
   with (out / clean.REPORT_NAME).open(encoding='utf-8') as handle:
     rows = list(csv.DictReader(handle))
   assert [(row['kind'], row['photo']) for row in rows] == [('outlier', intruder)]
@@ -173,7 +173,6 @@ def test_preprocess_leaves_excluded_photos_out(synthetic_data_dir, tmp_path):
 
 
 def test_preprocess_refuses_an_exclude_list_of_another_folder_in_one_line(synthetic_data_dir, tmp_path, capsys):
-  preprocess = load_script('preprocess')
   (tmp_path / 'exclude.txt').write_text('# from elsewhere\n99999999/0.jpg\n', encoding='utf-8')
   code = preprocess.main(['--data-dir', str(synthetic_data_dir), '--out', str(tmp_path / 'out'), '--aligner', 'none',
                           '--exclude', str(tmp_path / 'exclude.txt'), '--no-progress'])

@@ -71,7 +71,7 @@ class PipelineTestFaces(tfds.core.GeneratorBasedBuilder):
 
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory):
-  """A PreparedDataset over the two configs, as pipeline.open_prepared gives one."""
+  """A PreparedDataset over the two configs, as prepared.open_prepared gives one."""
   out = tmp_path_factory.mktemp('tfds')
   builders = {}
   for config in ('faces', 'pairs'):
@@ -217,20 +217,22 @@ def test_default_config_fields():
   assert c.pseudo_fakes.share <= c.fake_share
 
 
-def test_open_prepared_reads_a_prepared_folder_and_adopts_its_aligner(tmp_path):
+def test_open_prepared_reads_a_prepared_folder_and_edits_no_config(tmp_path):
   from jaxface.config import ConfigError
-  from jaxface.data import builder, synthetic
+  from jaxface.data import builder, prepared, sources, synthetic
   synthetic.generate(tmp_path / 'data', people=4, photos_per_person=3, test_pairs=4, size=48)
   builder.prepare(tmp_path / 'data', tmp_path / 'tfds', builder.BuildOptions(aligner='none', val_fraction=0.0,
                                                                               progress=False))
   cfg = _config(batch_size=4, image_size=SIZE)
   cfg.data.source, cfg.data.tfds_dir = 'tfds', str(tmp_path / 'tfds')
   cfg.data.aligner, cfg.data.aligner_path = 'mtcnn', 'weights.pt'
-  dataset = pipeline.open_prepared(cfg)
+  before = cfg.to_json()
+  dataset = prepared.open_prepared(sources.training_tfds_dir(cfg.data))
+  assert cfg.to_json() == before  # reading changes nothing; a training run records the aligner itself
   assert (dataset.num_classes, dataset.num_train_examples, dataset.splits) == (4, 12, {'train': 12, 'test': 4})
   assert dataset.aligner['name'] == 'none' and dataset.aligner['max_photo_side'] == 2048
-  assert (cfg.data.aligner, cfg.data.aligner_path) == ('none', '')  # evaluation aligns as the dataset was aligned
-  assert cfg.data.max_photo_side == dataset.aligner['max_photo_side']  # and reads photos at the same size
+  assert sources.aligner_settings(dataset) == {'tfds_dir': str(tmp_path / 'tfds'), 'aligner': 'none',
+                                               'aligner_path': '', 'max_photo_side': 2048}
   batch = next(pipeline.train_dataset(dataset, cfg, num_devices=1, process_index=0, process_count=1))
   assert batch['image'].shape == (1, 4, SIZE, SIZE, 3)
   by_path = list(pipeline.pairs_dataset(str(tmp_path / 'tfds'), 'test', cfg, batch_size=3))
@@ -243,5 +245,5 @@ def test_open_prepared_reads_a_prepared_folder_and_adopts_its_aligner(tmp_path):
                                   ('tfds', str(tmp_path / 'none'), 'no prepared jaxface_faces dataset here')):
     cfg.data.source, cfg.data.tfds_dir = source, tfds_dir
     with pytest.raises(ConfigError, match=match) as info:
-      pipeline.open_prepared(cfg)
+      prepared.open_prepared(sources.training_tfds_dir(cfg.data))
     assert '\n' not in str(info.value)

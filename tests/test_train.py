@@ -237,15 +237,17 @@ def test_training_learns_identity_and_fakes(tmp_path, cache):
 
 def test_run_records_the_aligner_its_dataset_was_aligned_with(tmp_path, monkeypatch):
   """A model trained on MTCNN-aligned TFRecords must be evaluated on MTCNN-aligned photos, whatever the config said."""
-  from jaxface.data import pipeline, prepared  # pylint: disable=import-outside-toplevel
+  from jaxface import train  # pylint: disable=import-outside-toplevel
+  from jaxface.data import prepared  # pylint: disable=import-outside-toplevel
 
   dataset = prepared.PreparedDataset(tfds_dir=tmp_path, builders={},
                                      metadata={'aligner': {'name': 'mtcnn', 'path': None}, 'num_classes': 3})
-  monkeypatch.setattr(prepared, 'open_dir', lambda tfds_dir: dataset)
+  monkeypatch.setattr(prepared, 'open_prepared', lambda tfds_dir: dataset if tfds_dir == tmp_path else None)
   config = config_lib.load_config(DEFAULT, ['--config.data.source=tfds', f'--config.data.tfds_dir={tmp_path}'])
   assert config.data.aligner == 'none'
-  assert pipeline.open_prepared(config) is dataset  # what train_and_evaluate reads its data through
-  assert config.data.aligner == 'mtcnn' and config.data.aligner_path == ''
+  read, recorded = train.read_training_data(config)  # what train_and_evaluate reads its data through
+  assert read is dataset and (recorded.data.aligner, recorded.data.aligner_path) == ('mtcnn', '')
+  assert config.data.aligner == 'none'  # the caller's config is left as it was; the run saves `recorded`
 
 
 @pytest.mark.slow

@@ -78,7 +78,7 @@ def cohort_embeddings(checkpoint: str, tfds_dir: str, people: int):
   from jaxface.data import prepared  # pylint: disable=import-outside-toplevel
   from jaxface.verify import FaceVerifier  # pylint: disable=import-outside-toplevel
   verifier = FaceVerifier.load(checkpoint)
-  dataset = prepared.open_dir(tfds_dir)
+  dataset = prepared.open_prepared(tfds_dir)
   pairs = list(dataset.as_dataset('test').as_numpy_iterator())
   e0, _ = verifier.infer(np.stack([p['image0'] for p in pairs]))
   e1, _ = verifier.infer(np.stack([p['image1'] for p in pairs]))

@@ -3,7 +3,7 @@ r"""A second opinion on what the label cleaner flags: the dlib peer's verdict on
   python -m research.label_noise.peer_flags --data-dir ../shared/data/realfaces-train \
       --report runs/clean/report_clean_final --out runs/clean/peer_flags
 
-The cleaner (`python -m jaxface.data.clean`) flags photos of a folder that do not match its identity and pairs of
+The cleaner (`python -m jaxface.clean`) flags photos of a folder that do not match its identity and pairs of
 folders that may hold one person. On data whose labels are already noisy, flags that no injected noise explains
 count against its precision; this script asks an independent recogniser whether they are real. dlib's ResNet
 (`jaxface.peers`, the `face_recognition` package's model) describes every real photo of each flagged folder and of
@@ -43,7 +43,7 @@ def read_report(report_dir: pathlib.Path) -> tuple[dict[str, set[str]], list[tup
   """report.csv -> ({folder: flagged photos}, [(folder, other folder, cleaner score)] of merge candidates)."""
   path = report_dir / 'report.csv'
   if not path.is_file():
-    raise SystemExit(f'{path}: no report.csv (run python -m jaxface.data.clean first)')
+    raise SystemExit(f'{path}: no report.csv (run python -m jaxface.clean first)')
   flagged: dict[str, set[str]] = collections.defaultdict(set)
   merges = []
   with open(path, newline='') as f:

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from jaxface.data import clean
+from jaxface import clean
 from research.label_noise import label_noise, peer_flags
 
 

@@ -1,5 +1,5 @@
 """The label cleaner's analysis, on unit-norm embeddings only: per-folder graphs (outliers, mixed folders and their
-split, unresolved folders), merge candidates between folders, near-duplicate photos. See `jaxface.data.clean`, which
+split, unresolved folders), merge candidates between folders, near-duplicate photos. See `jaxface.clean`, which
 embeds the photos and writes the reports, for what each check does and how the thresholds were chosen.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxface.data.neighbours import IVFIndex, neighbour_pairs
+from jaxface.clean.neighbours import IVFIndex, neighbour_pairs
 
 DUPLICATE_NEIGHBOURS = 4  # nearest photos per photo in the duplicate search (a photo rarely has more copies)
 
@@ -27,7 +27,7 @@ class CleanParams:
   Chosen with `python -m research.label_noise.label_noise measure` on realfaces-train (pretrained MobileFaceNet
   `runs/mbf_ms1m_init`, MTCNN faces, 2026-12-03): noise seed 0 over edge 0.25-0.35 x outlier 0.1-0.3 x merge
   0.15-0.45, best min(precision, recall) with the clean copy's own flags counted apart and capped at 250 photos;
-  reported on seeds 1 and 2 (README, "Label cleaning"). At these defaults flagged photos score precision 0.75-0.77
+  reported on seeds 1 and 2 (research/label_noise/README.md). At these defaults flagged photos score precision 0.75-0.77
   (0.98-0.99 without the 249 photos the cleaner flags on the clean copy too), recall 0.92-0.94; in folders of 5 or
   more photos recall 0.98-0.99. Merge candidates: precision 0.43-0.44 (0.69-0.71 without the clean copy's own),
   recall 0.72-0.77; 1.0 / 1.0 where both folders hold 5 or more photos.
