@@ -41,7 +41,7 @@ from jaxface import losses
 from jaxface import optim
 from jaxface import metrics as metrics_lib
 from jaxface import xla_cpu
-from jaxface.config import ConfigError, DEFAULT_CONFIG, load_config
+from jaxface.config import ConfigError, DEFAULT_CONFIG, load_config, split_runlocal
 from jaxface.models.face_model import build_model
 from jaxface.models.heads import AdaFaceHead
 
@@ -421,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog='python -m jaxface.train', description=__doc__.split('\n\n')[0],
       epilog='Any config field can be overridden with --config.FIELD=VALUE, e.g. --config.batch_size=64.')
-  parser.add_argument('--config', default=str(DEFAULT_CONFIG), help='config file (default: configs/default.py)')
+  parser.add_argument('--config', default=str(DEFAULT_CONFIG),
+                      help='config file (default: configs/default.py); PATH:runlocal for its CPU smoke size')
   parser.add_argument('--workdir', default=None, help='where checkpoints and metrics go (default: ./workdir/<config>)')
   args, rest = parser.parse_known_args(argv)
   # force: absl (imported by orbax and TF) has already put a WARNING-level handler on the root logger.
@@ -435,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
       raise ConfigError(f'unknown argument {unknown[0]!r} (see python -m jaxface.train --help)')
     config = load_config(args.config, overrides)
-    workdir = args.workdir or str(pathlib.Path('workdir') / pathlib.Path(args.config).stem)
+    path, runlocal = split_runlocal(args.config)
+    workdir = args.workdir or str(pathlib.Path('workdir') / (path.stem + ('_runlocal' if runlocal else '')))
     log.info('config %s, workdir %s', args.config, workdir)
     log.info('XLA:CPU convolutions: %s', 'Eigen (YNNPACK off by jaxface.xla_cpu)' if xla_cpu.eigen_convolutions()
              else 'jaxlib default (XLA_FLAGS left as given)')

@@ -139,16 +139,6 @@ def test_the_light_modules_import_neither_tensorflow_nor_torch():
   assert out.stdout.strip() == '[]', out.stdout + out.stderr
 
 
-def test_configs_load_without_tensorflow():
-  code = ('import sys\nfrom jaxface import config\n'
-          "for name in ('default', 'realfaces_mbf', 'kryptonite_ir101', 'baseline_siamese'):\n"
-          "  config.load_config(f'configs/{name}.py')\n"
-          "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'torch'}))\n")
-  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, timeout=300,
-                       cwd=PACKAGE.parent)
-  assert out.stdout.strip() == '[]', out.stdout + out.stderr
-
-
 def test_no_module_or_function_is_too_long():
   too_long = []
   for path in _modules():

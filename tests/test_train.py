@@ -18,15 +18,9 @@ from jaxface import optim
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT = REPO / 'configs' / 'default.py'
 
-# A run small enough for a unit test: 40 synthetic people, an eighth-width IR-18 on 112x112 faces folded to 56x56.
-TINY = [
-    '--config.data.synthetic.people=40',
-    '--config.model.width=0.125',
-    '--config.batch_size=32',
-    '--config.eval_batch_size=64',
-    '--config.log_every=2',
-    '--config.progress=false',
-]
+# A run small enough for a unit test: the CPU demo at its smoke size (configs/default.py `shrink`: 40 synthetic people,
+# an eighth-width IR-18 on 112x112 faces folded to 56x56, batch 32, 8 steps).
+TINY = ['--config', f'{DEFAULT}:runlocal']
 
 
 def _env(cache: pathlib.Path, devices: int = 1) -> dict:
@@ -217,7 +211,8 @@ def test_sigkill_resumes_and_sigterm_saves(tmp_path, cache):
 def test_training_learns_identity_and_fakes(tmp_path, cache):
   """On generated data the fused EER is far below chance and below the identity-only cosine's EER."""
   workdir = tmp_path / 'learn'
-  result = _run(['--workdir', str(workdir), *TINY, '--config.data.synthetic.people=120', '--config.num_epochs=6'],
+  result = _run(['--workdir', str(workdir), *TINY, '--config.data.synthetic.people=120', '--config.num_steps=0',
+                 '--config.num_epochs=6', '--config.checkpoint_every=100'],
                 _env(cache), timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   fused = float(result.stdout.split('validation EER (fused with the fake head): ')[1].split()[0])
