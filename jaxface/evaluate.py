@@ -25,6 +25,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import json
+import os
 import pathlib
 import sys
 import time
@@ -317,6 +318,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """The CLI; returns the exit code (0 done, 2 bad input)."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads (--tfds-dir): no start-up chatter
   args = _parse_args(argv)
   from jaxface.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
   from jaxface.config import ConfigError  # pylint: disable=import-outside-toplevel

@@ -153,3 +153,19 @@ def test_no_module_or_function_is_too_long():
           too_long.append(f'{name}:{node.lineno} {node.name}(): {length} lines')
   assert not too_long, too_long
 
+
+def test_every_installed_command_is_a_main_with_a_python_m_twin():
+  """[project.scripts] names `module:main`; the same module runs with `python -m` (a package through __main__.py)."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  import tomllib  # pylint: disable=import-outside-toplevel
+  scripts = tomllib.loads((PACKAGE.parent / 'pyproject.toml').read_text())['project']['scripts']
+  assert {'jaxface-train', 'jaxface-preprocess', 'jaxface-evaluate', 'jaxface-verify'} <= set(scripts)
+  for command, target in scripts.items():
+    module_name, _, function = target.partition(':')
+    assert function == 'main', command
+    path = PACKAGE.parent / (module_name.replace('.', '/') + '.py')
+    runs_as_m = "if __name__ == '__main__':" in path.read_text() or (
+        (path.parent / '__main__.py').is_file() and f'from {module_name} import main' in
+        (path.parent / '__main__.py').read_text())
+    assert runs_as_m, f'{command}: {module_name} does not run with python -m'
+    assert callable(getattr(importlib.import_module(module_name), function)), command
