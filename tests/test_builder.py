@@ -260,6 +260,7 @@ print(counts)
 """
 
 
+@pytest.mark.slow  # an isolated interpreter importing TensorFlow
 def test_plain_tfds_reads_every_split_without_jaxface(written, tmp_path):
   out, report = written
   site_packages = str(pathlib.Path(tfds.__file__).parents[1])

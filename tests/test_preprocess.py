@@ -96,6 +96,7 @@ def test_missing_data_dir_is_one_line_exit_2(tmp_path, capsys):
   assert 'Traceback' not in captured.err + captured.out
 
 
+@pytest.mark.slow  # a subprocess killed part-way
 def test_kill_9_then_rerun_aligns_only_the_rest_and_writes_the_same_dataset(tmp_path, monkeypatch):
   data = tmp_path / 'data'
   synthetic.generate(data, people=6, photos_per_person=4, test_pairs=8, size=48)
