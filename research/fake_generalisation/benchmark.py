@@ -500,7 +500,7 @@ def run_recipe(name: str, items: list[Item], inputs: dict, stem, splits, args) -
 
 
 def _markdown(results: dict) -> str:
-  """The tables of the README section: per recipe, AUC per held-out source, original and laundered; the probes."""
+  """The tables of the study's README: per recipe, AUC per held-out source, original and laundered; the probes."""
   washes = launder_lib.LAUNDERINGS
   lines = []
   for name, table in results['recipes'].items():
