@@ -13,8 +13,9 @@ fake head and fused scoring, aims below 0.03 fused EER on the held-out val pairs
 
 **Never run at full size**: no GPUs, no Kryptonite data and no IR-101 weights were at hand, so nothing above is
 measured. What is checked: `python -m jaxface.train --config configs/kryptonite_ir101.py:runlocal` (the same
-architecture, losses and optimiser at CPU smoke size, on synthetic data) trains and validates in CI
-(tests/test_configs.py). `runs/ir101_init` and TFDS are what the three commands above write.
+recipe at CPU smoke size: IR-18 depth, bfloat16, dropout, step schedule, both heads, on synthetic data) trains and
+validates in CI (tests/test_configs.py), and IR-101's graph is traced forward and backward (tests/test_iresnet.py).
+`runs/ir101_init` and TFDS are what the three commands above write.
 """
 from configs import default as default_lib
 

@@ -8,8 +8,8 @@ What it should reach: below the reference write-up's best public triplet results
 Batch 512 fits 4x 40 GB GPUs at bfloat16.
 
 **Never run at full size** (as configs/kryptonite_ir101.py): only its `:runlocal` smoke size runs, in CI
-(tests/test_configs.py). `runs/ir50_init` is what the convert command above writes; TFDS is scripts/preprocess.py's
---out, as in configs/kryptonite_ir101.py.
+(tests/test_configs.py; IR-18 depth there). `runs/ir50_init` is what the convert command above writes; TFDS is
+scripts/preprocess.py's --out, as in configs/kryptonite_ir101.py.
 """
 from configs import default as default_lib
 from configs import kryptonite_ir101

@@ -46,8 +46,10 @@ def test_runlocal_shrinks_any_config_to_synthetic_data_and_keeps_what_makes_it_t
   assert small.data.source == 'synthetic' and small.init_from == '' and small.data.tfds_dir == ''
   assert not [value for value in _strings(small).values() if value.startswith('runs/')]
   assert small.num_steps <= 8 and small.batch_size <= 32 and small.model.width <= 0.125
-  for field in ('arch', 'fake_head', 'dtype', 'embedding_dim', 'space_to_depth', 'input_size'):
-    assert small.model[field] == full.model[field], field
+  for field in ('fake_head', 'dtype', 'embedding_dim', 'space_to_depth', 'input_size', 'input_norm'):
+    assert small.model.get(field) == full.model.get(field), field
+  # The backbone family stays; deep IR nets come down to IR-18 (their train step takes too long to compile on a CPU).
+  assert small.model.arch == ('ir_18' if full.model.arch.startswith('ir_') else full.model.arch)
   assert small.loss.to_dict() == full.loss.to_dict() and small.optim.to_dict() == full.optim.to_dict()
   assert small.flip_tta == full.flip_tta
 
@@ -73,10 +75,13 @@ def test_every_config_loads_without_tensorflow_or_torch():
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['kryptonite_ir101', 'kryptonite_ir50', 'realfaces_mbf'])
-def test_the_configs_never_run_at_full_size_train_at_runlocal_size(name, tmp_path):
+def test_the_configs_never_run_at_full_size_train_at_runlocal_size(name, tmp_path, tmp_path_factory):
   """The kryptonite configs have never run on GPUs (no data, no weights here); realfaces_mbf needs ../shared. Their
-  smoke size trains end to end: the architecture, dtype, heads and optimiser of the config, 4 steps, one validation."""
-  env = dict(os.environ, JAXFACE_CACHE=str(tmp_path / 'cache'))
+  smoke size trains end to end: the backbone family, dtype, heads, losses and optimiser of the config, 4 steps, one
+  validation. The two kryptonite sizes are the same program (IR-18 at runlocal), so the second compiles from the
+  first's cache."""
+  cache = tmp_path_factory.getbasetemp() / 'runlocal_cache'
+  env = dict(os.environ, JAXFACE_CACHE=str(cache), JAX_COMPILATION_CACHE_DIR=str(cache / 'jax-compile-cache'))
   result = subprocess.run([sys.executable, '-m', 'jaxface.train', '--config', f'configs/{name}.py:runlocal',
                            '--workdir', str(tmp_path / 'w'), '--config.num_steps=4', '--config.batch_size=8',
                            '--config.eval_batch_size=16'], capture_output=True, text=True, cwd=REPO, env=env,
@@ -84,5 +89,6 @@ def test_the_configs_never_run_at_full_size_train_at_runlocal_size(name, tmp_pat
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   eer = float(re.search(r'validation EER \(fused with the fake head\): ([0-9.]+)', result.stdout).group(1))
   assert 0.0 <= eer <= 1.0
-  saved = config_lib.load_config(REPO / 'configs' / f'{name}.py')
-  assert f'"arch": "{saved.model.arch}"' in (tmp_path / 'w' / 'config.json').read_text()
+  saved = config_lib.load_config(f'{REPO / "configs" / name}.py:runlocal')
+  recorded = (tmp_path / 'w' / 'config.json').read_text()
+  assert f'"arch": "{saved.model.arch}"' in recorded and f'"dtype": "{saved.model.dtype}"' in recorded
