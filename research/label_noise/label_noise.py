@@ -32,7 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from jaxface.data import challenge
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # also run as a file, not only with python -m from the repository
+
+from jaxface.data import challenge  # noqa: E402  pylint: disable=g-import-not-at-top
 
 PathLike = str | os.PathLike
 TRUTH_NAME = 'noise_truth.json'
