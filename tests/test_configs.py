@@ -74,12 +74,12 @@ def test_every_config_loads_without_tensorflow_or_torch():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['kryptonite_ir101', 'kryptonite_ir50', 'realfaces_mbf'])
+@pytest.mark.parametrize('name', ['kryptonite_ir101', 'kryptonite_ir50'])
 def test_the_configs_never_run_at_full_size_train_at_runlocal_size(name, tmp_path, tmp_path_factory):
-  """The kryptonite configs have never run on GPUs (no data, no weights here); realfaces_mbf needs ../shared. Their
-  smoke size trains end to end: the backbone family, dtype, heads, losses and optimiser of the config, 4 steps, one
-  validation. The two kryptonite sizes are the same program (IR-18 at runlocal), so the second compiles from the
-  first's cache."""
+  """The kryptonite configs have never run (no GPUs, data or weights here). Their smoke size trains end to end: the
+  backbone family, dtype, heads, losses and optimiser of the config, 4 steps, one validation. The two are the same
+  program at runlocal (IR-18), so the second compiles from the first's cache: 180 s and 97 s wall at load 9-12,
+  2026-12-08. (realfaces_mbf ran at full size, docs/results.md; its smoke took 325 s here, more than CI can spare.)"""
   cache = tmp_path_factory.getbasetemp() / 'runlocal_cache'
   env = dict(os.environ, JAXFACE_CACHE=str(cache), JAX_COMPILATION_CACHE_DIR=str(cache / 'jax-compile-cache'))
   result = subprocess.run([sys.executable, '-m', 'jaxface.train', '--config', f'configs/{name}.py:runlocal',
