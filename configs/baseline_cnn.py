@@ -2,16 +2,15 @@ r"""Baseline row: a small plain CNN (the organisers' baseline class, EER 0.37), 
 
   python -m jaxface.train --config configs/baseline_cnn.py
 
-Measured (README "Results"), as one row of the comparison table:
+Measured (docs/results.md), as one row of the comparison table:
   python scripts/compare.py --out runs/compare --set num_epochs=4 --configs baseline_cnn
       synthetic test pairs (200): EER 0.480 (cosine = fused: no fake head), 2026-11-29
-  python scripts/compare.py --tfds-dir DEV_TFDS --out runs/cmp --configs baseline_cnn
-      realfaces-dev TFDS test split: EER 0.140
 """
 from configs import baseline_adaface_only
+from configs import default as default_lib
 
 
-def get_config():
+def get_config(runlocal: bool = False):
   config = baseline_adaface_only.get_config()
   config.model.arch = 'small_cnn'
-  return config
+  return default_lib.shrink(config) if runlocal else config

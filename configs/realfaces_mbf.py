@@ -5,6 +5,10 @@ r"""Real faces on a CPU: the pretrained MobileFaceNet (MS-Celeb-1M) fine-tuned w
   python -m jaxface.train --config configs/realfaces_mbf.py --workdir runs/realfaces_mbf
   python -m jaxface.evaluate --checkpoint runs/realfaces_mbf --tfds-dir runs/rt-mtcnn --split test --out runs/realfaces_mbf/eval
 
+The config reads runs/rt-mtcnn (data.tfds_dir) and runs/mbf_ms1m_init (init_from): the first two commands write them,
+from the shared realfaces-train photos and MobileFaceNet weights (../shared; third_party/README.md says where the
+weights come from). `--config configs/realfaces_mbf.py:runlocal` needs neither (synthetic data, random weights).
+
 How it is set, and why:
 - The backbone is the converted MobileFaceNet (128-d embedding, ImageNet input normalisation applied inside the
   model: `model.input_norm`). A pretrained embedding is easy to wreck on 14k photos with a freshly initialised
@@ -19,7 +23,7 @@ How it is set, and why:
 - `flip_tta`: validation embeds the mirrored face too, so the fuse strength and threshold stored with the best
   checkpoint are calibrated for the flip-TTA scoring that evaluate, verify and export then use by default.
 
-Measured 2026-12-03 on the 2-core CPU (README, real-faces table). Without flip TTA: training 22.8 min wall (436
+Measured 2026-12-03 on the 2-core CPU (docs/results.md, real-faces table). Without flip TTA: training 22.8 min wall (436
 steps, about 27 images/s once compiled, two validations included); realfaces-train test pairs cosine 0.054, fused
 0.060. With `flip_tta` (this config): 22.8 min wall on idle cores too (1,368 s, validations with flip included; 39
 min when two other jobs shared the cores); the best checkpoint is the same step-218 model (training is
@@ -27,14 +31,14 @@ deterministic), validated at cosine 0.052, fused 0.040. realfaces-train test pai
 fused **0.048**, cosine 0.054 (same vs different 0.056 / 0.054, same vs fake 0.038 / 0.056), TAR at FAR 1e-3 0.888,
 fake-in-pair AUC 0.862; realfaces-dev test pairs fused 0.007. The pretrained net alone scores cosine 0.058. The fake
 head does not carry over to realfaces-dev's generators (AUC 0.455), so fusing helps only against StyleGAN2 fakes.
-`--config.model.fake_canonical_px=56` (the trace branch reads the face at one resolution, the benchmark's best
-recipe) was measured and not taken: realfaces-train test fused 0.054 (+0.006), realfaces-dev 0.0067, dev fake AUC
-0.458.
+A trace branch reading the face at one resolution (`fake_canonical_px=56`, the benchmark's best recipe) was measured
+and not taken: realfaces-train test fused 0.054 (+0.006), realfaces-dev 0.0067, dev fake AUC 0.458; it left the model
+on 2026-12-07 (research/fake_generalisation/README.md).
 """
 from configs import default as default_lib
 
 
-def get_config():
+def get_config(runlocal: bool = False):
   config = default_lib.get_config()
   config.model.arch = 'mobilefacenet'
   config.model.width = 1.0
@@ -67,4 +71,4 @@ def get_config():
   config.optim.warmup_epochs = 0.5
   config.optim.backbone_lr_mult = 0.02
   config.optim.fake_head_lr = 1e-3
-  return config
+  return default_lib.shrink(config) if runlocal else config

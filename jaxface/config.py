@@ -1,6 +1,12 @@
-"""Run configs: Python files whose `get_config()` returns an `ml_collections.ConfigDict`, with `--config.a.b=v` overrides.
+"""Run configs: Python files whose `get_config(runlocal=False)` returns an `ml_collections.ConfigDict`, with
+`--config.a.b=v` overrides.
 
     config = jaxface.config.load_config('configs/realfaces_mbf.py', ['--config.batch_size=32'])
+    config = jaxface.config.load_config('configs/kryptonite_ir101.py:runlocal')   # the same config, CPU smoke size
+
+`:runlocal` (as in big_vision) calls `get_config(runlocal=True)`: every config shrinks itself to a run of a few steps on
+synthetic data that a CPU finishes in a minute or two (`configs.default.runlocal`), keeping what makes it that config
+(architecture, heads, losses, optimiser); overrides apply after it.
 
 The one config loader of the project (training, the benchmarks and the comparison script use it). It imports only
 ml_collections: loading a config never imports TensorFlow, torch or the data pipeline.
@@ -22,9 +28,19 @@ class ConfigError(ValueError):
   """A config file or override the user got wrong; the message is one line."""
 
 
+RUNLOCAL = ':runlocal'
+
+
+def split_runlocal(path: str | pathlib.Path) -> tuple[pathlib.Path, bool]:
+  """'configs/x.py:runlocal' -> (configs/x.py, True); a plain path -> (path, False)."""
+  text = str(path)
+  return (pathlib.Path(text.removesuffix(RUNLOCAL)), True) if text.endswith(RUNLOCAL) else (pathlib.Path(text), False)
+
+
 def load_config(path: str | pathlib.Path, overrides: list[str] = ()) -> ml_collections.ConfigDict:
-  """Loads a config file (a Python file whose `get_config()` returns a ConfigDict) and applies `--config.a.b=v`."""
-  path = pathlib.Path(path)
+  """Loads a config file (a Python file whose `get_config(runlocal=False)` returns a ConfigDict; `PATH:runlocal` asks
+  for its CPU smoke size) and applies `--config.a.b=v`."""
+  path, runlocal = split_runlocal(path)
   if not path.is_file():
     raise ConfigError(f'{path}: config file not found')
   # Variant configs import their base as `from configs import default`: the folder above configs/ must be importable.
@@ -36,7 +52,13 @@ def load_config(path: str | pathlib.Path, overrides: list[str] = ()) -> ml_colle
   spec.loader.exec_module(module)
   if not hasattr(module, 'get_config'):
     raise ConfigError(f'{path}: a config file must define get_config() returning an ml_collections.ConfigDict')
-  config = module.get_config()
+  try:
+    config = module.get_config(runlocal=True) if runlocal else module.get_config()
+  except TypeError as error:
+    if not runlocal or 'runlocal' not in str(error):
+      raise
+    raise ConfigError(f'{path}: its get_config() takes no runlocal argument (write get_config(runlocal=False) and '
+                      'shrink the config when it is True, as configs/default.py does)') from None
   for override in overrides:
     apply_override(config, override, path)
   return config

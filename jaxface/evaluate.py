@@ -25,6 +25,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import json
+import os
 import pathlib
 import sys
 import time
@@ -34,8 +35,7 @@ from typing import Any
 import numpy as np
 import tqdm
 
-from jaxface import metrics, plots
-from jaxface.data.challenge import REAL_KINDS
+from jaxface import metrics, pair_kinds, plots
 from jaxface.inference import PairScores, score_pairs
 from jaxface.verify import FaceVerifier, VerifyError
 
@@ -56,7 +56,7 @@ def _labels_for(pair_ids: Sequence[str], labels: dict | None) -> dict[str, np.nd
   """Label, kind and per-photo is_fake arrays for pairs, from read_labels' {pair_id: PairLabel}."""
   found = [labels.get(pair_id) if labels else None for pair_id in pair_ids]
   kinds = np.array([(entry.kind or '') if entry else '' for entry in found], dtype=object)
-  is_fake = np.where(np.isin(kinds, REAL_KINDS), 0, -1).astype(np.int64)
+  is_fake = np.where(np.isin(kinds, pair_kinds.REAL_KINDS), 0, -1).astype(np.int64)
   return {'labels': np.array([entry.label if entry else -1 for entry in found], np.int64), 'kinds': kinds,
           'is_fake0': is_fake, 'is_fake1': is_fake.copy()}
 
@@ -173,6 +173,9 @@ def format_table(result: dict[str, Any]) -> str:
     for kind in fused['eer_by_kind']:
       rows.append(line(f'EER same vs {kind}', number(fused['eer_by_kind'][kind]),
                        number(cosine['eer_by_kind'].get(kind))))
+    for kind in fused.get('eer_by_genuine_kind', {}):
+      rows.append(line(f'EER {kind} vs all negatives', number(fused['eer_by_genuine_kind'][kind]),
+                       number(cosine['eer_by_genuine_kind'].get(kind))))
     for far in metrics.FARS:
       key = f'tar_at_far_{far:g}'
       rows.append(line(f'TAR @ FAR {far:g}', number(fused[key]), number(cosine[key])))
@@ -183,8 +186,12 @@ def format_table(result: dict[str, Any]) -> str:
                        number(fused['accuracy_at_stored_threshold']), '-'))
     rows.append(f'oracle fuse strength on these labels: {result["oracle"]["fuse_strength"]:.4g} '
                 f'(EER {result["oracle"]["eer"]:.4f}, optimistic)')
-  for key, name in (('fake_detection_image', 'fake detection per photo'), ('fake_detection_pair', 'fake in pair')):
-    found = result.get(key)
+  found_by = [('fake detection per photo', result.get('fake_detection_image')),
+              ('fake in pair', result.get('fake_detection_pair'))]
+  by_kind = result.get('fake_detection_pair_by_kind', {})
+  if len(by_kind) > 1:  # with one kind it is the line above
+    found_by += [(f'fake in pair, {kind} vs real pairs', found) for kind, found in by_kind.items()]
+  for name, found in found_by:
     if found:
       rows.append(f'{name}: AUC {found["auc"]:.4f}, EER {found["eer"]:.4f} '
                   f'({found["num_real"]} real, {found["num_fake"]} fake)')
@@ -311,6 +318,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """The CLI; returns the exit code (0 done, 2 bad input)."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads (--tfds-dir): no start-up chatter
   args = _parse_args(argv)
   from jaxface.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
   from jaxface.config import ConfigError  # pylint: disable=import-outside-toplevel

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface import scoring
-from jaxface.data.challenge import FACE_SIZE
+from jaxface.align.template import FACE_SIZE
 
 FORMATS = ('onnx', 'savedmodel')
 INPUT_NAME = 'faces'

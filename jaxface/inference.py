@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface import scoring
-from jaxface.data.challenge import FACE_SIZE
+from jaxface.align.template import FACE_SIZE
 
 ALIGNED_SIZE = FACE_SIZE  # the side of an aligned face crop
 

@@ -17,8 +17,9 @@ Labels are 1 for a genuine pair (two real photos of one person) and 0 otherwise;
 fake kind (positive) against pairs of two real photos (negative), each pair scored by the probability that at least
 one of its photos is fake, 1 - (1 - p0)(1 - p1) (the same q the fused score uses; see `jaxface.scoring`).
 
-This module imports neither TensorFlow nor PyTorch (the pair-kind vocabulary comes from `jaxface.data.challenge`,
-which needs only Pillow and NumPy).
+Every kind of pair gets its own figures, the five known kinds and any kind a labels.csv names (`jaxface.pair_kinds`:
+a kind whose words include `fake` counts as holding a fake). This module imports neither TensorFlow nor PyTorch, and
+nothing of `jaxface.data`.
 """
 from __future__ import annotations
 
@@ -27,10 +28,11 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from jaxface import scoring
-from jaxface.data.challenge import FAKE_KINDS, NEGATIVE_KINDS, REAL_KINDS
+from jaxface import pair_kinds, scoring
 
 FARS = (1e-2, 1e-3)  # the false accept rates pair_metrics reports TAR at
+# Strengths tried by `calibrate_strength`: 1e-3 .. 1e3, 10 per decade.
+DEFAULT_STRENGTHS = np.geomspace(1e-3, 1e3, 61)
 
 
 def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -115,29 +117,56 @@ def roc_auc(labels, scores) -> float:
   return float(sk_metrics.roc_auc_score(labels, scores))
 
 
-def eer_by_kind(labels, scores, kinds: Sequence[str | None]) -> dict[str, float]:
-  """Challenge EER of the genuine pairs against each kind of negative pair on its own.
+def eer_by_kind(labels, scores, kinds: Sequence[str | None], genuine: bool = False) -> dict[str, float]:
+  """Challenge EER of each kind of pair on its own: each negative kind against every genuine pair, or (genuine=True)
+  each genuine kind against every negative pair.
 
   Args:
     labels: (N,) 0/1.
     scores: (N,) similarities.
-    kinds: (N,) pair kinds ('same', 'different', 'own_fake', 'other_fake', 'fake'; None if unknown).
+    kinds: (N,) pair kinds (the known ones of `jaxface.pair_kinds` or a labels.csv's own; None if unknown).
+    genuine: report the genuine kinds instead of the negative ones.
 
   Returns:
-    {kind: EER} for each negative kind present, alongside at least one genuine pair.
+    {kind: EER} for each kind present on that side (known kinds first, in NEGATIVE_KINDS order, then the others sorted),
+    alongside at least one pair of the other side.
   """
   labels, scores = _check(labels, scores)
   kinds = np.array([kind or '' for kind in kinds], dtype=object)
   if kinds.shape != labels.shape:
     raise ValueError(f'kinds and labels differ in length: {kinds.shape[0]} vs {labels.shape[0]}')
-  genuine = labels == 1
+  side = labels == (1 if genuine else 0)
   result = {}
-  present = [kind for kind in NEGATIVE_KINDS if np.any((kinds == kind) & ~genuine)]
-  present += sorted(set(kinds[~genuine]) - set(NEGATIVE_KINDS) - {''})
-  for kind in present:
-    keep = genuine | ((kinds == kind) & ~genuine)
+  for kind in pair_kinds.report_order(kinds[side]):
+    keep = ~side | ((kinds == kind) & side)
     result[kind] = challenge_eer(labels[keep], scores[keep])
   return result
+
+
+def calibrate_strength(cosine, p_fake0, p_fake1, labels,
+                       strengths: Sequence[float] | None = None) -> tuple[float, float]:
+  """Picks the fuse strength with the lowest challenge EER on validation pairs, by grid search.
+
+  The EER is a step function of the strength, so several strengths often tie; the middle one of the tied set is
+  taken, which stays furthest from the steps on either side.
+
+  Args:
+    cosine: (N,) cosines of validation pairs.
+    p_fake0: (N,) fake probabilities of photo 0.
+    p_fake1: (N,) fake probabilities of photo 1.
+    labels: (N,) 1 for two real photos of one person, else 0.
+    strengths: candidates (> 0), ascending; DEFAULT_STRENGTHS (1e-3 .. 1e3) if None.
+
+  Returns:
+    (strength, EER of the fused score at that strength).
+  """
+  strengths = np.asarray(DEFAULT_STRENGTHS if strengths is None else strengths, dtype=np.float64)
+  if strengths.size == 0 or np.any(strengths <= 0):
+    raise ValueError('fuse strengths must be positive')
+  eers = np.array([challenge_eer(labels, scoring.fused_score_np(cosine, p_fake0, p_fake1, s)) for s in strengths])
+  best = np.flatnonzero(eers == eers.min())
+  chosen = best[len(best) // 2]
+  return float(strengths[chosen]), float(eers[chosen])
 
 
 def detection_metrics(is_fake, p_fake) -> dict[str, float]:
@@ -163,13 +192,16 @@ def detection_metrics(is_fake, p_fake) -> dict[str, float]:
 
 
 def _score_metrics(labels: np.ndarray, values: np.ndarray, kinds: np.ndarray) -> dict:
-  has_fake = np.isin(kinds, FAKE_KINDS)
+  has_fake = pair_has_fake(kinds, labels) == 1
   with_fakes = has_fake | (labels == 1)
   result = {
       'eer': challenge_eer(labels, values),
       'eer_threshold': eer_threshold(labels, values),
       'auc': roc_auc(labels, values),
       'eer_by_kind': eer_by_kind(labels, values, list(kinds)),
+      # A labels.csv may split the genuine pairs too (same_glasses, ...): each against every negative pair.
+      'eer_by_genuine_kind': ({} if len(set(kinds[labels == 1])) < 2
+                              else eer_by_kind(labels, values, list(kinds), genuine=True)),
       # The pairs a fake can break: genuine pairs against every pair holding a fake.
       'eer_fake_pairs': (challenge_eer(labels[with_fakes], values[with_fakes])
                          if has_fake.any() and (labels == 1).any() else float('nan')),
@@ -185,13 +217,15 @@ def pair_metrics(scores, fuse_strength: float | None = None, threshold: float | 
   Args:
     scores: a `jaxface.inference.PairScores`.
     fuse_strength: the strength of the fused score (a checkpoint's); None calibrates it on these very pairs
-      (`scoring.calibrate_strength`), as training validation does to choose the checkpoint's.
+      (`calibrate_strength`), as training validation does to choose the checkpoint's.
     threshold: a stored decision threshold on the fused score; its accuracy is reported.
 
   Returns:
-    A JSON-able dict: pair counts; 'fused' and 'cosine' with EER, threshold at the EER, AUC, EER by negative kind, EER
-    on the pairs with fakes, TAR at each FAR; 'oracle' (the best strength for these labels); 'fake_detection_image'
-    (photos whose is_fake is known) and 'fake_detection_pair' (the fake-in-pair AUC of the module docstring).
+    A JSON-able dict: pair counts; 'fused' and 'cosine' with EER, threshold at the EER, AUC, EER by negative kind (and
+    by genuine kind when there are several), EER on the pairs with fakes, TAR at each FAR; 'oracle' (the best strength
+    for these labels); 'fake_detection_image' (photos whose is_fake is known), 'fake_detection_pair' (the
+    fake-in-pair AUC of the module docstring) and 'fake_detection_pair_by_kind' (the same AUC for each kind that is
+    not two real photos, against the real pairs).
     Missing labels (or a single class) give the counts and the detection figures only.
   """
   known = scores.labels >= 0
@@ -203,7 +237,7 @@ def pair_metrics(scores, fuse_strength: float | None = None, threshold: float | 
       'faces_not_found': int((~scores.face_found0).sum() + (~scores.face_found1).sum()),
   }
   if known.any() and 0 < labels.sum() < labels.size:
-    strength, eer = scoring.calibrate_strength(scores.cosine[known], scores.p_fake0[known], scores.p_fake1[known],
+    strength, eer = calibrate_strength(scores.cosine[known], scores.p_fake0[known], scores.p_fake1[known],
                                                labels)
     result['oracle'] = {'fuse_strength': strength, 'eer': eer}
     fuse_strength = strength if fuse_strength is None else fuse_strength
@@ -217,9 +251,23 @@ def pair_metrics(scores, fuse_strength: float | None = None, threshold: float | 
   result['fake_detection_image'] = detection_metrics(
       np.concatenate([scores.is_fake0, scores.is_fake1]), np.concatenate([scores.p_fake0, scores.p_fake1]))
   all_kinds = np.asarray(scores.kinds).astype(str)
-  pair_has_fake = np.where(np.isin(all_kinds, FAKE_KINDS), 1, np.where(np.isin(all_kinds, REAL_KINDS), 0, -1))
-  result['fake_detection_pair'] = detection_metrics(pair_has_fake, either_fake(scores.p_fake0, scores.p_fake1))
+  has_fake, q = pair_has_fake(all_kinds, scores.labels), either_fake(scores.p_fake0, scores.p_fake1)
+  result['fake_detection_pair'] = detection_metrics(has_fake, q)
+  real = has_fake == 0
+  by_kind = {kind: detection_metrics(np.where(all_kinds == kind, 1, np.where(real, 0, -1)), q)
+             for kind in pair_kinds.report_order(all_kinds[~real])}
+  result['fake_detection_pair_by_kind'] = {kind: found for kind, found in by_kind.items() if found}
   return result
+
+
+def pair_has_fake(kinds, labels=None) -> np.ndarray:
+  """(N,) kinds -> (N,) int: 1 a kind holding a fake, 0 two real photos, -1 unknown (`pair_kinds.holds_fake`).
+
+  With labels (N,), a genuine pair (label 1) is two real photos whatever its kind says: only two real photos of one
+  person are labelled 1.
+  """
+  found = np.array([pair_kinds.holds_fake(str(kind)) for kind in np.asarray(kinds).reshape(-1)], np.int64)
+  return found if labels is None else np.where(np.asarray(labels).reshape(-1) == 1, 0, found)
 
 
 def either_fake(p_fake0, p_fake1) -> np.ndarray:

@@ -101,9 +101,12 @@ def score_histograms(scores: Mapping[str, np.ndarray], kinds: Sequence[str | Non
   bins = np.linspace(-1.0, 1.0, 61)
   for axes, (name, values) in zip(axes_list, scores.items()):
     values = np.asarray(values, dtype=np.float64)
+    # A labels.csv's own kinds take the colours the known ones leave free, so each stays its own histogram.
+    spare = iter(['tab:brown', 'tab:pink', 'tab:olive', 'tab:cyan', 'tab:grey'] * len(present))
+    colours = {kind: KIND_COLOURS.get(kind) or next(spare) for kind in present}
     for kind in present:
       selected = values[kinds == kind]
-      axes.hist(selected, bins=bins, density=True, alpha=0.45, color=KIND_COLOURS.get(kind, 'tab:grey'),
+      axes.hist(selected, bins=bins, density=True, alpha=0.45, color=colours[kind],
                 label=f'{kind} ({selected.size})')
     if thresholds and name in thresholds:
       axes.axvline(thresholds[name], color='black', ls='--', lw=1, label=f'threshold {thresholds[name]:.3f}')

@@ -14,21 +14,17 @@ Why this form:
 - fused rises with cos (1 + cos >= 0 multiplies a positive factor) and falls as p0 or p1 rises (q falls), so ranking
   is never inverted.
 - log(1 + fused) = log(1 + cos) + strength * log q: a linear fusion of the two pieces of evidence in log space, with
-  one weight. `strength` trades identity against fake evidence; `calibrate_strength` picks it on validation pairs by
-  the challenge EER and the checkpoint stores it (scoring['fuse_strength']).
+  one weight. `strength` trades identity against fake evidence; `jaxface.metrics.calibrate_strength` picks it on
+  validation pairs by the challenge EER and the checkpoint stores it (scoring['fuse_strength']).
 
 The log of q is computed as log1p(-p0) + log1p(-p1) so that probabilities near 0 keep their precision.
 This module imports neither TensorFlow, PyTorch nor the data readers.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax.numpy as jnp
 import numpy as np
 
-# Strengths tried by `calibrate_strength`: 1e-3 .. 1e3, 10 per decade.
-DEFAULT_STRENGTHS = np.geomspace(1e-3, 1e3, 61)
 
 def cosine_similarity(embedding0, embedding1):
   """Row-wise cosine similarity.
@@ -98,34 +94,6 @@ def fused_score_np(cosine, p_fake0, p_fake1, strength) -> np.ndarray:
   as64 = lambda values: np.asarray(values, dtype=np.float64)
   with np.errstate(divide='ignore'):  # log1p(-1) = -inf is intended
     return _fuse(np, as64(cosine), as64(p_fake0), as64(p_fake1), float(strength))
-
-
-def calibrate_strength(cosine, p_fake0, p_fake1, labels,
-                       strengths: Sequence[float] | None = None) -> tuple[float, float]:
-  """Picks the fuse strength with the lowest challenge EER on validation pairs, by grid search.
-
-  The EER is a step function of the strength, so several strengths often tie; the middle one of the tied set is
-  taken, which stays furthest from the steps on either side.
-
-  Args:
-    cosine: (N,) cosines of validation pairs.
-    p_fake0: (N,) fake probabilities of photo 0.
-    p_fake1: (N,) fake probabilities of photo 1.
-    labels: (N,) 1 for two real photos of one person, else 0.
-    strengths: candidates (> 0), ascending; DEFAULT_STRENGTHS (1e-3 .. 1e3) if None.
-
-  Returns:
-    (strength, EER of the fused score at that strength).
-  """
-  from jaxface import metrics  # pylint: disable=import-outside-toplevel  (sklearn: slow to import, needed only here)
-
-  strengths = np.asarray(DEFAULT_STRENGTHS if strengths is None else strengths, dtype=np.float64)
-  if strengths.size == 0 or np.any(strengths <= 0):
-    raise ValueError('fuse strengths must be positive')
-  eers = np.array([metrics.challenge_eer(labels, fused_score_np(cosine, p_fake0, p_fake1, s)) for s in strengths])
-  best = np.flatnonzero(eers == eers.min())
-  chosen = best[len(best) // 2]
-  return float(strengths[chosen]), float(eers[chosen])
 
 
 def sigmoid_np(logits) -> np.ndarray:

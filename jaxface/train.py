@@ -15,6 +15,7 @@ Flow of one run, top to bottom in `train_and_evaluate`:
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
@@ -23,7 +24,7 @@ import pathlib
 import signal
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,7 @@ from jaxface import losses
 from jaxface import optim
 from jaxface import metrics as metrics_lib
 from jaxface import xla_cpu
-from jaxface.config import ConfigError, DEFAULT_CONFIG, load_config
+from jaxface.config import ConfigError, DEFAULT_CONFIG, load_config, split_runlocal
 from jaxface.models.face_model import build_model
 from jaxface.models.heads import AdaFaceHead
 
@@ -322,6 +323,21 @@ def _log_summaries(summaries: list, step: int, rstate: dict, config: ml_collecti
   return scalars
 
 
+def read_training_data(config: ml_collections.ConfigDict) -> tuple[Any, ml_collections.ConfigDict]:
+  """Opens the dataset the config trains on (the synthetic demo set is made on first use, by process 0 first, the
+  others then read it); returns it and a copy of the config that records it (`config.data.tfds_dir` and the aligner
+  preprocessing used, which evaluation and verification follow: `jaxface.data.sources.aligner_settings`)."""
+  from jaxface.data import prepared, sources  # pylint: disable=g-import-not-at-top
+
+  dataset = distributed.primary_first(lambda: prepared.open_prepared(sources.training_tfds_dir(config.data)))
+  config = copy.deepcopy(config)
+  settings = sources.aligner_settings(dataset)
+  if settings.get('aligner', config.data.aligner) != config.data.aligner:
+    log.info('The dataset was aligned with %r: evaluation will align raw photos the same way', settings['aligner'])
+  config.data.update(settings)
+  return dataset, config
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
   """Trains (or resumes) a run in `workdir`; returns the final validation metrics."""
   from jaxface.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -329,8 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   maybe_initialize_distributed(config)
-  # Generates the synthetic set on first use (process 0 first, the others then read it); adopts the dataset's aligner.
-  dataset = distributed.primary_first(lambda: pipeline.open_prepared(config))
+  dataset, config = read_training_data(config)
   plan = _plan(config, dataset)
 
   model = build_model(config.model)
@@ -406,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog='python -m jaxface.train', description=__doc__.split('\n\n')[0],
       epilog='Any config field can be overridden with --config.FIELD=VALUE, e.g. --config.batch_size=64.')
-  parser.add_argument('--config', default=str(DEFAULT_CONFIG), help='config file (default: configs/default.py)')
+  parser.add_argument('--config', default=str(DEFAULT_CONFIG),
+                      help='config file (default: configs/default.py); PATH:runlocal for its CPU smoke size')
   parser.add_argument('--workdir', default=None, help='where checkpoints and metrics go (default: ./workdir/<config>)')
   args, rest = parser.parse_known_args(argv)
   # force: absl (imported by orbax and TF) has already put a WARNING-level handler on the root logger.
@@ -420,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
       raise ConfigError(f'unknown argument {unknown[0]!r} (see python -m jaxface.train --help)')
     config = load_config(args.config, overrides)
-    workdir = args.workdir or str(pathlib.Path('workdir') / pathlib.Path(args.config).stem)
+    path, runlocal = split_runlocal(args.config)
+    workdir = args.workdir or str(pathlib.Path('workdir') / (path.stem + ('_runlocal' if runlocal else '')))
     log.info('config %s, workdir %s', args.config, workdir)
     log.info('XLA:CPU convolutions: %s', 'Eigen (YNNPACK off by jaxface.xla_cpu)' if xla_cpu.eigen_convolutions()
              else 'jaxlib default (XLA_FLAGS left as given)')

@@ -288,13 +288,13 @@ def stage_infer(args) -> dict[str, Any]:
 
 
 def stage_pipeline(args) -> dict[str, Any]:
-  from jaxface.data import pipeline  # pylint: disable=import-outside-toplevel
+  from jaxface.data import pipeline, prepared, sources  # pylint: disable=import-outside-toplevel
 
   config = bench_config(ARCHS[args.arch], args.batch)
   if args.tfds_dir:
     config.data.source, config.data.tfds_dir = 'tfds', args.tfds_dir
   start = time.perf_counter()
-  dataset = pipeline.open_prepared(config)
+  dataset = prepared.open_prepared(sources.training_tfds_dir(config.data))
   prepare_s = time.perf_counter() - start
   batches = pipeline.train_dataset(dataset, config, num_devices=1, seed=0)
   next(batches)

@@ -38,8 +38,9 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PEOPLE, PHOTOS, TEST_PAIRS = 24, 4, 8
 STEPS, CHECKPOINT_EVERY, EVAL_EVERY, TAMPER_AT = 12, 3, 6, 9
-TRAIN_FLAGS = ['--config.data.source=tfds', '--config.model.width=0.125', '--config.batch_size=8',
-               '--config.eval_batch_size=16', '--config.log_every=1', '--config.progress=false',
+# The CPU demo at its smoke size (configs/default.py `shrink`), on the harness's own prepared data, in smaller steps.
+TRAIN_FLAGS = ['--config', str(REPO / 'configs' / 'default.py') + ':runlocal', '--config.data.source=tfds',
+               '--config.batch_size=8', '--config.eval_batch_size=16', '--config.log_every=1',
                f'--config.num_steps={STEPS}', f'--config.checkpoint_every={CHECKPOINT_EVERY}',
                f'--config.eval_every={EVAL_EVERY}']
 TOLERANCE = 1e-5

@@ -1,4 +1,4 @@
-r"""Trains several configs on the same data and prints their EERs side by side (the README's baseline table).
+r"""Trains several configs on the same data and prints their EERs side by side (docs/results.md's baseline table).
 
     python scripts/compare.py --out runs/compare                       # synthetic data, the five rows
     python scripts/compare.py --out runs/compare-dev --tfds-dir TFDS   # a prepared dataset (scripts/preprocess.py)

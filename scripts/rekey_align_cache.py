@@ -11,7 +11,7 @@ finds each photo's old entry by the face it holds: the TFDS dataset that was wri
 JPEG bytes of every train face and of every val and test pair face, next to the photo's path, so an entry whose JPEG
 matches is that photo's. Matched entries are hard-linked (no copy) under the photo's content key in a new cache root
 (`--out`), with the same settings folder, so `scripts/preprocess.py --cache-dir OUT` and `python -m
-jaxface.data.clean --cache-dir OUT` read them and align only the photos left over (faceless photos and the held-out
+jaxface.clean --cache-dir OUT` read them and align only the photos left over (faceless photos and the held-out
 val people's photos that are in no val pair).
 
 Needs TensorFlow (reads the TFRecords); prints the counts and exits 0, or 2 with one line on a user error.

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The command-line scripts (bench.py, rekey_align_cache.py, ...) are imported by name in their tests: scripts/ is no
+# package, and a plain import beats loading files by path.
+sys.path.insert(0, str(REPO_ROOT / 'scripts'))
 
 # Two fake CPU devices for the in-process pmap tests. Set here, before any test module imports jax or jaxface: once
 # `import jaxface` has put its own flag into XLA_FLAGS, a per-module `setdefault` would no longer apply.

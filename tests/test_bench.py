@@ -7,11 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from script_loader import load_script
+import bench  # scripts/, put on sys.path by conftest.py
 
 torch = pytest.importorskip('torch')
-
-bench = load_script('bench')
 
 
 def _shapes(tree) -> list[tuple[int, ...]]:

@@ -1,6 +1,6 @@
 """The jaxface_faces TFDS builder on tiny synthetic challenge data (aligner 'none', 64x64 photos).
 
-A dataset is written once per module and read back with prepared.open_dir(...).as_dataset: split counts, labels,
+A dataset is written once per module and read back with prepared.open_prepared(...).as_dataset: split counts, labels,
 held-out people, test labels, metadata; and by plain TFDS in a Python that cannot import jaxface. A marker aligner
 (the 'none' aligner that calls uniform photos faceless and magenta-cornered photos low-score) checks how faceless and
 low-score photos are counted, skipped or kept. An old-layout dataset is refused with one line, then rewritten.
@@ -22,7 +22,6 @@ from PIL import Image
 from jaxface.align import base, template
 from jaxface.config import ConfigError
 from jaxface.data import builder, challenge, plan, prepared, synthetic
-from script_loader import load_script
 
 import tensorflow_datasets as tfds  # noqa: E402  (after jaxface.data.builder hid the GPUs)
 
@@ -32,7 +31,7 @@ def _options(**kw) -> builder.BuildOptions:
 
 
 def _read(out: pathlib.Path, split: str) -> list[dict]:
-  return list(tfds.as_numpy(prepared.open_dir(out).as_dataset(split)))
+  return list(tfds.as_numpy(prepared.open_prepared(out).as_dataset(split)))
 
 
 @pytest.fixture(scope='module')
@@ -52,7 +51,7 @@ def written(data_dir, tmp_path_factory):
 def test_train_split_holds_every_photo_of_the_train_people(data_dir, written):
   out, report = written
   examples = _read(out, 'train')
-  dataset = prepared.open_dir(out)
+  dataset = prepared.open_prepared(out)
   val_people = set(dataset.metadata['val_people'])
   images = challenge.list_train_images(data_dir)
   expected = {image.rel_path: image for image in images if image.person_id not in val_people}
@@ -83,7 +82,7 @@ def test_train_split_holds_every_photo_of_the_train_people(data_dir, written):
 def test_val_pairs_come_only_from_held_out_people(data_dir, written):
   out, report = written
   meta = challenge.read_meta(data_dir)
-  val_people = set(prepared.open_dir(out).metadata['val_people'])
+  val_people = set(prepared.open_prepared(out).metadata['val_people'])
   train_people = {example['person_id'].decode() for example in _read(out, 'train')}
   assert len(val_people) == 2 and not val_people & train_people
   pairs = _read(out, 'val')
@@ -129,7 +128,7 @@ def test_test_pairs_match_labels_csv(data_dir, written):
 
 def test_metadata_records_aligner_and_options(written):
   out, report = written
-  dataset = prepared.open_dir(out)
+  dataset = prepared.open_prepared(out)
   metadata = dataset.metadata
   assert dataset.aligner['name'] == 'none' and dataset.aligner['max_photo_side'] == 2048
   assert dataset.builders['pairs'].info.metadata == metadata  # both configs carry it
@@ -228,8 +227,8 @@ def test_plain_tfds_download_and_prepare_with_manual_dir(tmp_path):
     assert tfds_builder.align_report['counts']['aligned'] == 12  # the 'none' aligner sees a face in every photo
   assert tfds_builder.align_report['from_cache'] == 12
   assert len(list((out / builder.DEFAULT_CACHE_NAME).glob('none-*/*/*.npz'))) == 12
-  assert len(_read(out, 'train')) == 12 and prepared.open_dir(out).num_classes == 4
-  assert prepared.open_dir(out).splits == {'train': 12}
+  assert len(_read(out, 'train')) == 12 and prepared.open_prepared(out).num_classes == 4
+  assert prepared.open_prepared(out).splits == {'train': 12}
 
 
 # Run by a Python that cannot import jaxface: -I -S (no site, so no editable-install hook), a cwd outside the repo,
@@ -261,6 +260,7 @@ print(counts)
 """
 
 
+@pytest.mark.slow  # an isolated interpreter importing TensorFlow
 def test_plain_tfds_reads_every_split_without_jaxface(written, tmp_path):
   out, report = written
   site_packages = str(pathlib.Path(tfds.__file__).parents[1])
@@ -277,7 +277,7 @@ def test_a_dataset_of_the_old_layout_is_refused_then_rewritten(data_dir, tmp_pat
   old.mkdir(parents=True)
   (old / 'dataset_info.json').write_text('{"name": "jaxface_faces", "version": "1.0.0"}')
   with pytest.raises(ConfigError) as info:
-    prepared.open_dir(out)
+    prepared.open_prepared(out)
   message = str(info.value)
   assert message.startswith(f'{old}: ') and 'older layout' in message and '\n' not in message
   assert 'rerun scripts/preprocess.py' in message and '--overwrite' in message
@@ -285,9 +285,9 @@ def test_a_dataset_of_the_old_layout_is_refused_then_rewritten(data_dir, tmp_pat
   with pytest.raises(builder.PreprocessError, match='already exists'):
     builder.prepare(data_dir, out, _options())
   builder.prepare(data_dir, out, _options(), overwrite=True)
-  assert not old.exists() and prepared.is_current(out) and prepared.open_dir(out).num_classes == 6
+  assert not old.exists() and prepared.is_current(out) and prepared.open_prepared(out).num_classes == 6
   with pytest.raises(ConfigError, match='no prepared jaxface_faces dataset here'):
-    prepared.open_dir(tmp_path / 'empty')
+    prepared.open_prepared(tmp_path / 'empty')
 
 
 def test_a_copied_folder_finds_its_faces_and_a_legacy_cache_is_rekeyed(data_dir, written, tmp_path):
@@ -312,7 +312,7 @@ def test_a_copied_folder_finds_its_faces_and_a_legacy_cache_is_rekeyed(data_dir,
     shutil.copy(entries / cache_lib.source_key(photo)[:2] / f'{cache_lib.source_key(photo)}.npz',
                 legacy / key[:2] / f'{key}.npz')
     os.utime(photo, ns=(10**18, 10**18))  # the old keys no longer match
-  rekey = load_script('rekey_align_cache')
+  import rekey_align_cache as rekey  # pylint: disable=import-outside-toplevel  (scripts/, on sys.path: conftest.py)
   counts = rekey.rekey(out, copy, tmp_path / 'rekeyed', tmp_path / 'legacy')
   assert counts['matched'] == counts['old_entries'] > 0 and counts['photo_missing'] == 0
   third = builder.prepare(copy, tmp_path / 'third', _options(cache_dir=str(tmp_path / 'rekeyed')))

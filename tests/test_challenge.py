@@ -288,8 +288,9 @@ def test_16_bit_colour_pngs(tmp_path):
 def test_read_labels_rejects_what_check_reports(tmp_path):
   """One parser: readers raise on the first problem (counting the rest), check gets every one."""
   path = tmp_path / 'labels.csv'
-  path.write_text('pair_id,label,kind\n00000000,1,stranger\n00000001,0,same\n00000002,1,same\n00000003,0,fake\n')
-  with pytest.raises(challenge.DataFormatError, match=r"line 2: pair 00000000 has kind 'stranger'.*and 1 more"):
+  path.write_text('pair_id,label,kind\n00000000,1,stranger?\n00000001,0,same\n00000002,1,same\n00000003,0,fake\n')
+  with pytest.raises(challenge.DataFormatError, match=r"line 2: pair 00000000 has kind 'stranger\?', not a name.*and 1 "
+                     r"more"):
     challenge.read_labels(path)
   labels, problems = challenge.parse_labels(path.read_text(), 'labels.csv', pair_ids={'00000000', '00000001',
                                                                                        '00000002'})
@@ -297,6 +298,18 @@ def test_read_labels_rejects_what_check_reports(tmp_path):
   assert [p.split(': ', 2)[1] for p in problems] == ['line 2', 'line 3', 'line 5']
   assert 'of kind same has label 0, expected 1' in problems[1] and 'no folder in test_public/' in problems[2]
   assert all(p.startswith('labels.csv: line ') and p.endswith(')') for p in problems)
+
+
+def test_a_labels_file_may_name_kinds_of_its_own_with_either_label(tmp_path):
+  path = tmp_path / 'labels.csv'
+  path.write_text('pair_id,label,kind\n00000000,0,fake_diffusion\n00000001,1,same-glasses\n00000002,0,different\n')
+  assert challenge.read_labels(path) == {'00000000': challenge.PairLabel(0, 'fake_diffusion'),
+                                         '00000001': challenge.PairLabel(1, 'same-glasses'),
+                                         '00000002': challenge.PairLabel(0, 'different')}
+  # The five known kinds keep their meaning: their label is fixed.
+  path.write_text('00000000,1,own_fake\n')
+  with pytest.raises(challenge.DataFormatError, match='of kind own_fake has label 1, expected 0'):
+    challenge.read_labels(path)
 
 
 def test_read_photo_bounds_the_longest_side(tmp_path):

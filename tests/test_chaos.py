@@ -1,6 +1,6 @@
 """scripts/chaos.py in small: one trial of each case (kill -9 preprocessing, kill -9 training, a tampered checkpoint).
 
-The 10-trial figures are in the README's reliability section; this keeps the harness itself from rotting.
+The 10-trial figures are in docs/reliability.md; this keeps the harness itself from rotting.
 """
 from __future__ import annotations
 

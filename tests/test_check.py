@@ -117,15 +117,15 @@ def _labels_kind_mismatch(root):
   return f'labels.csv: line {index + 1}', 'of kind same has label 0, expected 1'
 
 
-def _labels_unknown_kind(root):
+def _labels_bad_kind_name(root):
   path = root / 'labels.csv'
-  path.write_text(path.read_text().replace(',different', ',stranger', 1))
-  return 'labels.csv', "kind 'stranger'"
+  path.write_text(path.read_text().replace(',different', ',stranger?', 1))
+  return 'labels.csv', "kind 'stranger?', not a name"
 
 
 BREAKAGES = [_missing_file, _file_without_key, _bad_value, _malformed_json, _duplicate_key, _truncated_image,
              _empty_image, _not_an_image, _pair_missing_image, _empty_person_folder, _labels_missing_pair,
-             _labels_bad_label, _labels_kind_mismatch, _labels_unknown_kind]
+             _labels_bad_label, _labels_kind_mismatch, _labels_bad_kind_name]
 
 
 @pytest.mark.parametrize('breakage', BREAKAGES, ids=lambda f: f.__name__.lstrip('_'))

@@ -18,16 +18,13 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 10
 
-# A tiny run: the small CNN (BatchNorm in every stage, synchronised over the pmap axis), AdaFace and the fake head;
-# two data shards, so that the global batch is the same however the two devices are hosted.
+# A tiny run: the CPU demo at its smoke size (configs/default.py `shrink`) with the small CNN (BatchNorm in every stage,
+# synchronised over the pmap axis), AdaFace and the fake head; two data shards, so that the global batch is the same
+# however the two devices are hosted.
 ARGS = [
-    '--config.data.synthetic.people=40',
+    '--config', str(REPO / 'configs' / 'default.py') + ':runlocal',
     '--config.model.arch=small_cnn',
     '--config.model.width=0.25',
-    '--config.batch_size=32',
-    '--config.eval_batch_size=64',
-    '--config.log_every=2',
-    '--config.progress=false',
     f'--config.num_steps={STEPS}',
     '--config.checkpoint_every=2',
     '--config.eval_every=1000',  # validation once, at the last step

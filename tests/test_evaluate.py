@@ -39,7 +39,7 @@ def _synthetic_scores(seed=0, n=300) -> PairScores:
 
 def test_pair_metrics_on_own_fakes():
   scores = _synthetic_scores()
-  strength, _ = scoring.calibrate_strength(scores.cosine, scores.p_fake0, scores.p_fake1, scores.labels)
+  strength, _ = metrics.calibrate_strength(scores.cosine, scores.p_fake0, scores.p_fake1, scores.labels)
   result = metrics.pair_metrics(scores, strength, threshold=0.3)
   fused, cosine = result['fused'], result['cosine']
   assert fused['eer'] < 0.06 and cosine['eer'] > 0.3  # the cosine is fooled by own fakes, the fused score is not

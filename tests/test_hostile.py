@@ -26,11 +26,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxface import checkpoints
+from jaxface import checkpoints, preprocess
 from jaxface import evaluate as evaluate_lib
 from jaxface import verify as verify_lib
 from jaxface.data import challenge, check, synthetic
-from script_loader import load_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BAD = ('zero_byte', 'truncated_jpeg', 'text_as_jpg', 'bomb', 'folder', 'symlink_loop')  # unreadable
@@ -169,7 +168,6 @@ def test_bad_meta_json_is_one_line_exit_2(tmp_path, meta_text, expected, capsys)
   out = capsys.readouterr()
   lines = [l for l in (out.out + out.err).splitlines() if 'meta.json' in l]
   assert len(lines) == 1 and expected in lines[0], out
-  preprocess = _script()
   assert preprocess.main(['--data-dir', str(root), '--out', str(tmp_path / 'out'), '--aligner', 'none',
                           '--no-progress']) == 2
   err = capsys.readouterr().err.strip().splitlines()
@@ -180,13 +178,10 @@ def test_bad_meta_json_is_one_line_exit_2(tmp_path, meta_text, expected, capsys)
 # preprocess
 
 
-def _script():
-  return load_script('preprocess', 'preprocess_script')
-
 
 def test_preprocess_skips_each_bad_photo_and_aligns_the_rest(hostile, tmp_path, capsys):
   out = tmp_path / 'out'
-  code = _script().main(['--data-dir', str(hostile['root']), '--out', str(out), '--aligner', 'none', '--no-progress',
+  code = preprocess.main(['--data-dir', str(hostile['root']), '--out', str(out), '--aligner', 'none', '--no-progress',
                          '--batch-size', '4'])
   printed = capsys.readouterr()
   _no_traceback(printed.out + printed.err)
@@ -229,7 +224,7 @@ def test_preprocess_with_a_detector_says_no_face_found(tmp_path, capsys):
   challenge.meta_path(root).write_text(json.dumps(meta))
   for side in range(2):  # test pairs keep faceless photos (as centre crops), so the dataset is not empty
     write_kind(root / 'test_public' / 'p0' / f'{side}.jpg', 'noise', seed=10 + side)
-  code = _script().main(['--data-dir', str(root), '--out', str(tmp_path / 'out'), '--aligner', 'mtcnn',
+  code = preprocess.main(['--data-dir', str(root), '--out', str(tmp_path / 'out'), '--aligner', 'mtcnn',
                          '--no-progress', '--device', 'cpu'])
   printed = capsys.readouterr()
   _no_traceback(printed.out + printed.err)

@@ -187,57 +187,8 @@ def test_space_to_depth_folds_every_pixel_into_a_half_size_map():
   assert out['embedding'].shape == (2, 512) and out['fake_logit'].shape == (2,)
 
 
-@pytest.mark.parametrize('arch, space_to_depth', [('mobilefacenet', False), ('ir_18', True)])  # realfaces, default
-def test_a_canonical_trace_branch_keeps_identity_params_and_statistics_and_reads_only_the_smoothed_face(
-    arch, space_to_depth):
-  from jaxface.models.face_model import canonical_resolution  # pylint: disable=import-outside-toplevel
-  cfg = {'arch': arch, 'width': 0.125 if arch == 'ir_18' else 0.25, 'input_size': 112, 'dropout': 0.0,
-         'space_to_depth': space_to_depth, **({'embedding_dim': 128} if arch == 'mobilefacenet' else {})}
-  plain, canon = build_model(cfg), build_model({**cfg, 'fake_canonical_px': 56})
-  images = jax.random.uniform(jax.random.PRNGKey(1), (4, 112, 112, 3), minval=-1, maxval=1)
-  variables = jax.jit(plain.init)(jax.random.PRNGKey(0), images)
-  # Same parameters and statistics: a checkpoint or a converted model loads into either.
-  assert jax.tree_util.tree_structure(jax.eval_shape(canon.init, jax.random.PRNGKey(0), images)) == \
-      jax.tree_util.tree_structure(variables)
-  compiled = {m: jax.jit(functools.partial(m.apply, train=True, mutable=['batch_stats'])) for m in (plain, canon)}
-  apply = lambda m: compiled[m]
-  (out_p, stats_p), (out_c, stats_c) = apply(plain)(variables, images), apply(canon)(variables, images)
-  np.testing.assert_array_equal(out_p['embedding'], out_c['embedding'])  # identity reads the photo as it is
-  # The second stem pass uses the running statistics: the backbone's updates are the photo's alone.
-  for a, b in zip(jax.tree_util.tree_leaves(stats_p['batch_stats']['backbone']),
-                  jax.tree_util.tree_leaves(stats_c['batch_stats']['backbone'])):
-    np.testing.assert_array_equal(a, b)
-  assert np.abs(np.asarray(out_p['fake_logit']) - np.asarray(out_c['fake_logit'])).max() > 1e-6
-  # The trace branch no longer sees detail finer than 56 px (here a one-pixel checkerboard): its BatchNorm statistics
-  # (residual, first trace conv) come out (nearly) the same with and without it, while the plain model's move.
-  smooth = canonical_resolution(images, 56) * 0.5
-  fine = 0.3 * ((jnp.indices((112, 112)).sum(0) % 2) * 2.0 - 1.0)[None, :, :, None]
-  detail = jnp.clip(smooth + fine, -1, 1)
-  for name in ('residual_bn', 'trace_bn0'):
-    seen = lambda m, x: np.asarray(apply(m)(variables, x)[1]['batch_stats']['fake_head'][name]['var'])
-    moved_canon = np.abs(seen(canon, detail) - seen(canon, smooth)).max()
-    moved_plain = np.abs(seen(plain, detail) - seen(plain, smooth)).max()
-    assert moved_canon < 0.1 * moved_plain, name
-  # The fake loss still trains the stem through the canonical pass.
-  grads = jax.grad(lambda p: canon.apply({**variables, 'params': p}, images)['fake_logit'].sum())(variables['params'])
-  stem = grads['backbone']['conv1' if arch == 'mobilefacenet' else 'stem_conv']
-  assert np.abs(np.asarray(jax.tree_util.tree_leaves(stem)[0])).max() > 0
-
-
-def test_a_canonical_trace_branch_needs_the_traces_head():
-  with pytest.raises(ValueError, match='fake_canonical_px=56 needs fake_head="traces"'):
-    build_model({'arch': 'ir_18', 'fake_head': 'features', 'fake_canonical_px': 56})
-  with pytest.raises(ValueError, match='8 <= px < 112'):
-    build_model({'arch': 'ir_18', 'fake_canonical_px': 112})
-
-
-def test_canonical_resolution_is_two_jax_resizes_and_keeps_the_batch_symbolic():
-  from jaxface.models.face_model import canonical_resolution  # pylint: disable=import-outside-toplevel
-  for size, small in ((112, 56), (56, 28)):
-    x = jax.random.uniform(jax.random.PRNGKey(0), (2, size, size, 3))
-    ref = jax.image.resize(jax.image.resize(x, (2, small, small, 3), 'linear', antialias=True), x.shape, 'linear')
-    np.testing.assert_allclose(canonical_resolution(x, 56), ref, atol=1e-6)
-  # What ONNX / SavedModel export needs (a free batch N); jax.image.resize itself cannot take one.
-  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape('N, 112, 112, 3'), jnp.float32)
-  exported = jax.export.export(jax.jit(lambda x: canonical_resolution(x, 56)))(spec)
-  assert str(exported.out_avals[0].shape[0]) == 'N'
+def test_the_removed_canonical_option_is_refused_in_one_line_and_its_old_zero_accepted():
+  # Checkpoints written before 2026-12-07 carry fake_canonical_px: 0 in their config.json and must still load.
+  assert build_model({'arch': 'ir_18', 'fake_canonical_px': 0}).fake_head == 'traces'
+  with pytest.raises(ValueError, match='fake_canonical_px=56 was removed from the model'):
+    build_model({'arch': 'ir_18', 'fake_canonical_px': 56})

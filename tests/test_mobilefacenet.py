@@ -95,6 +95,7 @@ def test_real_file_has_the_expected_layout():
   assert sum(v.size for v in jax.tree.leaves(variables)) == 1_019_648
 
 
+@pytest.mark.slow  # MTCNN and onnxruntime on real photos
 def test_parity_with_the_onnx_export_on_real_aligned_faces(tmp_path, realfaces_dev_dir):
   ort = pytest.importorskip('onnxruntime')
   pytest.importorskip('torch')

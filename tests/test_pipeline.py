@@ -5,6 +5,8 @@ PreparedDataset, or from an in-memory tf.data.Dataset of the same feature dicts;
 """
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -71,7 +73,7 @@ class PipelineTestFaces(tfds.core.GeneratorBasedBuilder):
 
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory):
-  """A PreparedDataset over the two configs, as pipeline.open_prepared gives one."""
+  """A PreparedDataset over the two configs, as prepared.open_prepared gives one."""
   out = tmp_path_factory.mktemp('tfds')
   builders = {}
   for config in ('faces', 'pairs'):
@@ -206,31 +208,66 @@ def test_bad_config_is_rejected():
     next(pipeline.train_dataset(_memory_dataset(), cfg, num_devices=4, process_index=0, process_count=1))
 
 
-def test_default_config_fields():
+def test_every_data_config_field_is_read_by_the_code_and_the_dead_ones_are_gone():
+  """A field nothing reads is a setting that silently does nothing: each one of config.data must be read somewhere in
+  jaxface/ (as `.name`, `['name']` or `get('name'...)`), outside the file that defines it."""
+  import ast  # pylint: disable=import-outside-toplevel
+  package = pathlib.Path(pipeline.__file__).resolve().parents[1]
+  read = set()
+  for path in package.rglob('*.py'):
+    if path.name == 'data_config.py':
+      continue
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Attribute):
+        read.add(node.attr)
+      elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        read.add(node.value)
+
+  def fields(config, prefix=''):
+    for key, value in config.items():
+      yield prefix + key, key
+      if hasattr(value, 'items'):
+        yield from fields(value, f'{prefix}{key}.')
+
   c = pipeline.default_data_config()
-  for field in ('tfds_dir', 'fake_share', 'shuffle_buffer'):
-    assert field in c
+  unread = [name for name, key in fields(c) if key not in read]
+  assert not unread, f'config.data fields no code reads: {unread}'
   for dead in ('image_size', 'seed'):  # one image size (config.model.input_size), one seed (config.seed)
     assert dead not in c
-  for field in ('flip', 'crop_scale', 'color', 'blur', 'jpeg'):
-    assert 0.0 <= c.augment[field] <= 1.0
   assert c.pseudo_fakes.share <= c.fake_share
 
 
-def test_open_prepared_reads_a_prepared_folder_and_adopts_its_aligner(tmp_path):
+@pytest.mark.parametrize('size', [112, 56])
+def test_the_tf_and_jax_model_inputs_are_twins(size):
+  """Training feeds the model through pipeline.to_model_input (TF), inference through inference.to_model_input (JAX):
+  the same aligned faces must give the same input, or a model is scored on inputs it never trained on."""
+  from jaxface import inference  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(size)
+  faces = rng.integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+  faces[0] = np.clip(np.indices((112, 112)).sum(0) % 2 * 255, 0, 255)[..., None]  # a 1-pixel checkerboard: resize-hard
+  theirs = np.stack([pipeline.to_model_input(tf.constant(face), size).numpy() for face in faces])
+  ours = np.asarray(inference.to_model_input(faces, size))
+  assert ours.shape == theirs.shape == (3, size, size, 3)
+  np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+  assert float(np.abs(ours).max()) <= 1.0 and float(ours.std()) > 0.1  # in range, and not a constant image
+
+
+def test_open_prepared_reads_a_prepared_folder_and_edits_no_config(tmp_path):
   from jaxface.config import ConfigError
-  from jaxface.data import builder, synthetic
+  from jaxface.data import builder, prepared, sources, synthetic
   synthetic.generate(tmp_path / 'data', people=4, photos_per_person=3, test_pairs=4, size=48)
   builder.prepare(tmp_path / 'data', tmp_path / 'tfds', builder.BuildOptions(aligner='none', val_fraction=0.0,
                                                                               progress=False))
   cfg = _config(batch_size=4, image_size=SIZE)
   cfg.data.source, cfg.data.tfds_dir = 'tfds', str(tmp_path / 'tfds')
   cfg.data.aligner, cfg.data.aligner_path = 'mtcnn', 'weights.pt'
-  dataset = pipeline.open_prepared(cfg)
+  before = cfg.to_json()
+  dataset = prepared.open_prepared(sources.training_tfds_dir(cfg.data))
+  assert cfg.to_json() == before  # reading changes nothing; a training run records the aligner itself
   assert (dataset.num_classes, dataset.num_train_examples, dataset.splits) == (4, 12, {'train': 12, 'test': 4})
   assert dataset.aligner['name'] == 'none' and dataset.aligner['max_photo_side'] == 2048
-  assert (cfg.data.aligner, cfg.data.aligner_path) == ('none', '')  # evaluation aligns as the dataset was aligned
-  assert cfg.data.max_photo_side == dataset.aligner['max_photo_side']  # and reads photos at the same size
+  assert sources.aligner_settings(dataset) == {'tfds_dir': str(tmp_path / 'tfds'), 'aligner': 'none',
+                                               'aligner_path': '', 'max_photo_side': 2048}
   batch = next(pipeline.train_dataset(dataset, cfg, num_devices=1, process_index=0, process_count=1))
   assert batch['image'].shape == (1, 4, SIZE, SIZE, 3)
   by_path = list(pipeline.pairs_dataset(str(tmp_path / 'tfds'), 'test', cfg, batch_size=3))
@@ -243,5 +280,5 @@ def test_open_prepared_reads_a_prepared_folder_and_adopts_its_aligner(tmp_path):
                                   ('tfds', str(tmp_path / 'none'), 'no prepared jaxface_faces dataset here')):
     cfg.data.source, cfg.data.tfds_dir = source, tfds_dir
     with pytest.raises(ConfigError, match=match) as info:
-      pipeline.open_prepared(cfg)
+      prepared.open_prepared(sources.training_tfds_dir(cfg.data))
     assert '\n' not in str(info.value)

@@ -57,7 +57,7 @@ def _synthetic_pairs(seed=0, n=400):
 def test_fused_beats_cosine_on_own_fakes_and_calibrates():
   cosine, p0, p1, labels, kinds = _synthetic_pairs(seed=0)
   cosine_eer = metrics.challenge_eer(labels, cosine)
-  strength, fused_eer_val = scoring.calibrate_strength(cosine, p0, p1, labels)
+  strength, fused_eer_val = metrics.calibrate_strength(cosine, p0, p1, labels)
   assert cosine_eer > 0.3  # own fakes look like the same person to the cosine
   assert fused_eer_val < 0.06
   assert fused_eer_val == metrics.challenge_eer(labels, scoring.fused_score_np(cosine, p0, p1, strength))
@@ -75,11 +75,11 @@ def test_calibrate_prefers_small_strength_without_fakes():
   labels = np.repeat([1, 0], 200)
   cosine = np.clip(np.where(labels == 1, 0.5, 0.1) + rng.normal(0, 0.15, 400), -1, 1)
   p = rng.uniform(0, 0.9, (2, 400))  # fake probabilities carry no information here
-  strength, eer = scoring.calibrate_strength(cosine, p[0], p[1], labels)
+  strength, eer = metrics.calibrate_strength(cosine, p[0], p[1], labels)
   assert strength <= 0.1
   assert eer <= metrics.challenge_eer(labels, cosine) + 0.01
   with pytest.raises(ValueError, match='positive'):
-    scoring.calibrate_strength(cosine, p[0], p[1], labels, strengths=[0.0, 1.0])
+    metrics.calibrate_strength(cosine, p[0], p[1], labels, strengths=[0.0, 1.0])
 
 
 def test_cosine_and_flip_fuse():

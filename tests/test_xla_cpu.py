@@ -42,6 +42,7 @@ def test_import_turns_ynnpack_off_and_keeps_the_users_flags():
   assert result['ynn'] is False  # the compiled convolution is XLA's own, not a YNNPACK fusion
 
 
+@pytest.mark.slow  # three fresh interpreters, each compiling
 def test_users_choice_and_late_import_are_respected():
   chosen = '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'
   result = _probe({'XLA_FLAGS': chosen})

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from PIL import Image
 
-from jaxface.align import base, retinaface_net
+from jaxface.align import interface, retinaface_net
 
 DEFAULT_REPO = 'minchul/cvlface_DFA_resnet50'
 REPO_IDS = {'resnet50': 'minchul/cvlface_DFA_resnet50', 'mobile0.25': 'minchul/cvlface_DFA_mobilenet'}
@@ -191,7 +191,7 @@ def load_dfa(path: str | os.PathLike | None = None, device: str | torch.device =
 
 # --- the aligner ------------------------------------------------------------------------------------------------
 
-class DFAAligner(base.Aligner):
+class DFAAligner(interface.Aligner):
   """CVLFace DFA: one face per photo, landmarks from the 160 px network input, warp from the full-resolution photo.
 
   Args:
@@ -257,7 +257,7 @@ class DFAAligner(base.Aligner):
     scores = np.exp(logits[:, 1] - np.logaddexp(logits[:, 0], logits[:, 1]))
     return landmarks.astype(np.float32), boxes.astype(np.float32), scores.astype(np.float32)
 
-  def _align_batch(self, photos: list[np.ndarray]) -> base.AlignResult:
+  def _align_batch(self, photos: list[np.ndarray]) -> interface.AlignResult:
     landmarks, _, scores = self.predict(photos)
     found = (scores >= self.min_score) & np.isfinite(landmarks).all(axis=(1, 2))
-    return base.faces_from_landmarks(photos, landmarks, scores, found)
+    return interface.faces_from_landmarks(photos, landmarks, scores, found)

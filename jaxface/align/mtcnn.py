@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from jaxface.align import base
+from jaxface.align import interface
 
 
 def package_weights_dir() -> pathlib.Path:
-  """The folder holding pnet.lz4, rnet.lz4, onet.lz4 inside the installed `mtcnn` package (not imported: it pulls TF)."""
+  """The folder holding pnet.lz4, rnet.lz4, onet.lz4 inside the installed `mtcnn` package (not imported: it pulls
+  TF)."""
   spec = importlib.util.find_spec('mtcnn')
   if spec is None or not spec.submodule_search_locations:
     raise FileNotFoundError('the mtcnn package is not installed (pip install mtcnn==1.0.0 joblib lz4; it ships the '
@@ -186,7 +187,7 @@ def _crop_and_resize(image: torch.Tensor, boxes: np.ndarray, size: int) -> torch
   return out.reshape(3, n, size, size).permute(1, 0, 2, 3)
 
 
-class MTCNNAligner(base.Aligner):
+class MTCNNAligner(interface.Aligner):
   """MTCNN detection on the mtcnn package's weights, then the 5-point similarity warp from the full-resolution photo.
 
   Args:
@@ -331,7 +332,7 @@ class MTCNNAligner(base.Aligner):
         picked[i] = self._pick(rows, shape[0], shape[1])
     return picked
 
-  def _align_batch(self, photos: list[np.ndarray]) -> base.AlignResult:
+  def _align_batch(self, photos: list[np.ndarray]) -> interface.AlignResult:
     copies, factors = zip(*(self._detection_copy(p) for p in photos))
     factors, offsets = list(factors), [0.0] * len(photos)
     picked = self._detect_grouped(list(copies))
@@ -355,4 +356,4 @@ class MTCNNAligner(base.Aligner):
       points = np.stack([row[5:10], row[10:15]], 1) - offsets[i]
       landmarks[i] = (points + 0.5) / factors[i] - 0.5
       scores[i], found[i] = row[4], True
-    return base.faces_from_landmarks(photos, landmarks, scores, found)
+    return interface.faces_from_landmarks(photos, landmarks, scores, found)

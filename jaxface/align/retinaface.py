@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from jaxface.align import base, retinaface_net
+from jaxface.align import interface, retinaface_net
 from jaxface.align.mtcnn import nms
 
 MIN_SIZES = ((10, 20), (32, 64), (128, 256))
@@ -89,7 +89,7 @@ def pick_face(boxes: np.ndarray, height: float, width: float) -> int:
   return int(np.argmax(area - 2.0 * (offset ** 2).sum(1)))
 
 
-class RetinaFaceAligner(base.Aligner):
+class RetinaFaceAligner(interface.Aligner):
   """RetinaFace MobileNet-0.25 detection, then the 5-point similarity warp from the full-resolution photo.
 
   Args:
@@ -169,7 +169,7 @@ class RetinaFaceAligner(base.Aligner):
       result.append(np.concatenate([box[order], score[order, None], mark[order]], 1))
     return result
 
-  def _align_batch(self, photos: list[np.ndarray]) -> base.AlignResult:
+  def _align_batch(self, photos: list[np.ndarray]) -> interface.AlignResult:
     n = len(photos)
     landmarks = np.zeros((n, 5, 2), np.float32)
     scores = np.zeros((n,), np.float32)
@@ -192,4 +192,4 @@ class RetinaFaceAligner(base.Aligner):
     for i, row in fallback.items():
       if not found[i]:
         landmarks[i], scores[i], found[i] = row[5:15].reshape(5, 2), row[4], True
-    return base.faces_from_landmarks(photos, landmarks, scores, found)
+    return interface.faces_from_landmarks(photos, landmarks, scores, found)

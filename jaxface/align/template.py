@@ -10,6 +10,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+# The side of an aligned face crop, everywhere: preprocessing writes FACE_SIZE x FACE_SIZE faces, models read them.
+FACE_SIZE = 112
+
 # Left eye, right eye, nose tip, left mouth corner, right mouth corner, as seen in the photo (x, y) in a 112x112 crop.
 ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963],

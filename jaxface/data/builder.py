@@ -7,7 +7,7 @@
 
 Two stages, each streaming so that host memory does not grow with the dataset:
   1. align (`align_challenge`): list the folder, plan the splits (`jaxface.data.plan`), and align every photo into the
-     resumable cache (`jaxface.align.stage`); no TensorFlow. A killed run resumes here.
+     resumable cache (`jaxface.data.align_stage`); no TensorFlow. A killed run resumes here.
   2. write: one TFDS builder per config reads the cached faces one example at a time and writes the TFRecord shards.
 
 Configs and splits (layout and features in `jaxface.data.prepared`):
@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow_datasets as tfds  # imports TensorFlow lazily, on first use
 
 from jaxface.align import cache as cache_lib
-from jaxface.align import stage
+from jaxface.data import align_stage as stage
 from jaxface.data import challenge, plan, prepared
 
 PathLike = str | os.PathLike
@@ -75,7 +75,7 @@ class BuildOptions:
   workers: threads that read and decode photos while the aligner runs.
   progress: show a progress bar (images per second).
   exclude: train photos to leave out, as meta.json keys ("<person_id>/<k>.jpg"), e.g. the exclude.txt of
-    `python -m jaxface.data.clean`; they are neither aligned nor written, in train or in val pairs.
+    `python -m jaxface.clean`; they are neither aligned nor written, in train or in val pairs.
   """
   aligner: str = 'none'
   aligner_path: str | None = None
@@ -262,7 +262,7 @@ def _features(config: str) -> tfds.features.FeaturesDict:
       'image0': face(),
       'image1': face(),
       'label': int64(),  # 1 two real photos of one person, 0 not, -1 unknown
-      'kind': text(),  # one of challenge.PAIR_KINDS; '' if unknown
+      'kind': text(),  # a jaxface.pair_kinds kind (known or the user's own); '' if unknown
       'is_fake0': int64(),  # -1 unknown
       'is_fake1': int64(),
       'source0': text(),

@@ -1,11 +1,12 @@
-"""The challenge layout: people, meta.json, test pairs, labels; the pair vocabulary; any image file -> RGB uint8.
+"""The challenge layout: people, meta.json, test pairs, labels, exclude lists; any image file -> RGB uint8.
 
 A data folder holds `train/` and/or `test_public/`:
 
     train/images/<person_id>/<k>.jpg     photos of one person (fakes of that person live here too)
     train/meta.json                      {"<person_id>/<k>.jpg": 0 real | 1 generated}
     test_public/<pair_id>/0.jpg, 1.jpg   pairs to score
-    labels.csv                           pair_id,label[,kind] (ours; the challenge published none)
+    labels.csv                           pair_id,label[,kind] (ours; the challenge published none; kinds:
+                                         jaxface.pair_kinds, the five known ones or any name of your own)
 
 `read_photo` is the one photo reader of preprocessing, evaluation and verification; `parse_labels` the one labels.csv
 parser (every problem, for `jaxface.data.check`), `read_labels` its reader form (the first problem raises).
@@ -28,20 +29,12 @@ from collections.abc import Collection
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from jaxface import pair_kinds
+from jaxface.align import template
+from jaxface.align.template import FACE_SIZE  # noqa: F401  (aligned faces are FACE_SIZE crops everywhere)
+
 PathLike = str | os.PathLike
 
-# Aligned faces are FACE_SIZE x FACE_SIZE crops (the ArcFace template, jaxface.align.template), everywhere.
-FACE_SIZE = 112
-
-# The vocabulary of pairs, defined here only. `same`: two real photos of one person (the only genuine kind);
-# `different`: real photos of two people; `own_fake`: a real photo and a fake of the same person; `other_fake`: a real
-# photo and a fake of someone else; `fake`: a pair holding a fake whose finer kind is unknown (realfaces-dev,
-# realfaces-train's test pairs).
-PAIR_KINDS = ('same', 'different', 'own_fake', 'other_fake', 'fake')
-PAIR_LABEL = {'same': 1, 'different': 0, 'own_fake': 0, 'other_fake': 0, 'fake': 0}  # the challenge's pair label
-REAL_KINDS = ('same', 'different')  # both photos real
-FAKE_KINDS = ('own_fake', 'other_fake', 'fake')  # one photo generated
-NEGATIVE_KINDS = ('different', *FAKE_KINDS)  # label 0, in the order reports list them
 
 
 class DataFormatError(ValueError):
@@ -216,7 +209,6 @@ def read_photo(path: PathLike, max_side: int) -> tuple[np.ndarray, tuple[int, in
   Raises:
     ImageReadError: missing, empty, truncated, corrupt or not an image; one line naming the file.
   """
-  from jaxface.align import template  # pylint: disable=import-outside-toplevel  (numpy and Pillow only)
   data = _read_bytes(path)
   photo = shape = None
   if data[:3] == b'\xff\xd8\xff' and not ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -374,12 +366,9 @@ def _label_row_problems(row: list[str], where: str, seen: dict[str, PairLabel],
   problems = []
   if label not in ('0', '1'):
     problems.append(f'{where}: pair {pair_id} has label {label!r}, expected 0 or 1 (fix the row)')
-  if kind and kind not in PAIR_LABEL:
-    problems.append(f'{where}: pair {pair_id} has kind {kind!r}, expected one of {", ".join(PAIR_KINDS)} '
-                    '(fix the row)')
-  elif kind and label in ('0', '1') and int(label) != PAIR_LABEL[kind]:
-    problems.append(f'{where}: pair {pair_id} of kind {kind} has label {label}, expected {PAIR_LABEL[kind]} '
-                    '(fix the row)')
+  kind_error = pair_kinds.kind_problem(kind, int(label)) if kind and label in ('0', '1') else None
+  if kind_error:
+    problems.append(f'{where}: pair {pair_id} {kind_error} (fix the row)')
   if pair_ids is not None and pair_id not in pair_ids:
     problems.append(f'{where}: pair {pair_id} has no folder in test_public/ (drop the row or restore the pair)')
   if pair_id in seen:
@@ -392,9 +381,9 @@ def parse_labels(text: str, name: str, pair_ids: Collection[str] | None = None
   """Parses labels.csv text (rows `pair_id,label[,kind]`, header optional), keeping the good rows.
 
   Digit-only pair ids shorter than 8 characters are zero-padded (a spreadsheet may have stripped the zeros); an
-  empty kind becomes None. A row is bad when it has fewer than two columns, a label other than 0/1, a kind outside
-  PAIR_KINDS, a label its kind contradicts (PAIR_LABEL), a pair_id seen before, or (with `pair_ids`) a pair_id
-  without a test_public/ folder.
+  empty kind becomes None. A row is bad when it has fewer than two columns, a label other than 0/1, a kind that is
+  not a name or a known kind with the other label (`jaxface.pair_kinds.kind_problem`; a kind of your own may carry
+  either label), a pair_id seen before, or (with `pair_ids`) a pair_id without a test_public/ folder.
 
   Args:
     text: the file's contents.
@@ -438,3 +427,36 @@ def read_labels(path: PathLike) -> dict[str, PairLabel]:
     more = f' (and {len(problems) - 1} more problems)' if len(problems) > 1 else ''
     raise DataFormatError(problems[0] + more)
   return labels
+
+
+def read_exclude(path: PathLike, data_dir: PathLike | None = None) -> tuple[str, ...]:
+  """Reads an exclude list: one meta.json key ("<person_id>/<k>.jpg") a line; blank lines and '#' comments skipped.
+
+  Args:
+    path: the file (the exclude.txt of `python -m jaxface.clean`, or written by hand).
+    data_dir: when given, every key must be in its train/meta.json (a list made for another folder is refused).
+
+  Raises:
+    DataFormatError: unreadable file, a line that is not "<person>/<file>", or a key not in meta.json.
+  """
+  path = pathlib.Path(path)
+  try:
+    text = path.read_text(encoding='utf-8')
+  except (OSError, UnicodeDecodeError) as error:
+    raise DataFormatError(f'{path}: cannot read the exclude list ({type(error).__name__}: {error}) '
+                          '(give the exclude.txt of python -m jaxface.clean)') from None
+  keys = []
+  for number, line in enumerate(text.splitlines(), 1):
+    line = line.split('#', 1)[0].strip()
+    if not line:
+      continue
+    if line.count('/') != 1 or not all(line.split('/')):
+      raise DataFormatError(f'{path}: line {number} {line!r} is not "<person_id>/<file>" (one meta.json key a line)')
+    keys.append(line)
+  if data_dir is not None:
+    meta = read_meta(data_dir)
+    unknown = [key for key in keys if key not in meta]
+    if unknown:
+      raise DataFormatError(f'{path}: {len(unknown)} keys are not in {meta_path(data_dir)}, e.g. {unknown[0]!r} '
+                            '(the list was made for another data folder)')
+  return tuple(dict.fromkeys(keys))

@@ -4,7 +4,7 @@
   make_val_pairs    val pairs of the held-out people's photos, of the kinds same, different, own_fake, other_fake;
   make_test_pairs   the test_public pairs with their labels.csv labels and kinds, where known.
 
-Pair kinds and labels are the vocabulary of `jaxface.data.challenge` (PAIR_LABEL).
+Pair kinds and labels are the vocabulary of `jaxface.pair_kinds`.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxface import pair_kinds
 from jaxface.data import challenge
 
 
@@ -98,7 +99,7 @@ def make_val_pairs(images: Sequence[challenge.TrainImage], seed: int, pairs_per_
       continue
     seen.add(key)
     pairs.append(Pair(pair_id=f'val{len(pairs):07d}', path0=image0.path, path1=image1.path,
-                      label=challenge.PAIR_LABEL[kind], kind=kind, is_fake0=image0.is_fake, is_fake1=image1.is_fake))
+                      label=pair_kinds.KNOWN_LABEL[kind], kind=kind, is_fake0=image0.is_fake, is_fake1=image1.is_fake))
   return pairs
 
 

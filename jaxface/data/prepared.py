@@ -13,8 +13,9 @@ no placeholders, so plain TFDS reads every split without jaxface installed:
 Both configs carry the same metadata (`info.metadata`): num_classes, class_names, aligner (name, path, settings,
 min_score, max_photo_side, jpeg_quality, face_size), counts, val_people, data_dir and the build options.
 
-`open_prepared(DIR or config)` gives a `PreparedDataset`, which `jaxface.data.pipeline.train_dataset` and
-`pairs_dataset` read. Datasets of the 1.0.0 layout (one config holding the union of both feature sets, with
+`open_prepared(TFDS_DIR)` gives a `PreparedDataset`, which `jaxface.data.pipeline.train_dataset` and `pairs_dataset`
+read; it returns what it read and edits nothing (a training run records the dataset's aligner itself:
+`jaxface.data.sources`). Datasets of the 1.0.0 layout (one config holding the union of both feature sets, with
 placeholder images) are refused with a one-line error saying how to rewrite them.
 
 Imports TensorFlow only when a dataset is opened, after `hide_gpus_from_tf`.
@@ -22,14 +23,11 @@ Imports TensorFlow only when a dataset is opened, after `hide_gpus_from_tf`.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import pathlib
 from typing import Any
 
 from jaxface.config import ConfigError
-
-log = logging.getLogger('jaxface.data.prepared')
 
 PathLike = str | os.PathLike
 
@@ -131,8 +129,12 @@ def _missing(tfds_dir: PathLike) -> str:
           f'--out {tfds_dir} first)')
 
 
-def open_dir(tfds_dir: PathLike) -> PreparedDataset:
-  """Opens the dataset scripts/preprocess.py wrote into TFDS_DIR (its --out); ConfigError (one line) if none is."""
+def open_prepared(tfds_dir: PathLike) -> PreparedDataset:
+  """Reads the dataset scripts/preprocess.py wrote into TFDS_DIR (its --out); changes nothing.
+
+  Raises:
+    ConfigError: no dataset there, or one of an older layout; one line saying what to do.
+  """
   tfds_dir = pathlib.Path(tfds_dir)
   if not is_current(tfds_dir):
     raise ConfigError(_missing(tfds_dir))
@@ -140,40 +142,3 @@ def open_dir(tfds_dir: PathLike) -> PreparedDataset:
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   builders = {config: tfds.builder_from_directory(str(dataset_dir(tfds_dir, config))) for config in CONFIG_SPLITS}
   return PreparedDataset(tfds_dir=tfds_dir, builders=builders, metadata=dict(builders[FACES].info.metadata))
-
-
-def open_prepared(source: Any) -> PreparedDataset:
-  """Opens a prepared dataset: a TFDS_DIR, or the one a training config names.
-
-  With a config (`config.data.source` 'tfds' reads `config.data.tfds_dir`; 'synthetic' generates and prepares the
-  set `config.data.synthetic` describes, once, via `jaxface.data.synthetic.prepare_synthetic`), the config is updated
-  in place: `data.tfds_dir` names the dataset, and `data.aligner` / `data.aligner_path` / `data.max_photo_side` become
-  the dataset's own, so evaluation and verification read and align raw photos the way the training faces were.
-
-  Raises:
-    ConfigError: no tfds_dir, an unknown source, no dataset or one of an older layout; one line saying what to do.
-  """
-  if isinstance(source, (str, os.PathLike)):
-    return open_dir(source)
-  data = source.data
-  if data.source == 'synthetic':
-    from jaxface.data import synthetic  # pylint: disable=import-outside-toplevel
-    tfds_dir = synthetic.prepare_synthetic(source)
-  elif data.source == 'tfds':
-    tfds_dir = data.tfds_dir
-    if not tfds_dir:
-      raise ConfigError('config.data.tfds_dir is empty: pass --config.data.tfds_dir=DIR (the --out of '
-                        'scripts/preprocess.py)')
-  else:
-    raise ConfigError(f'config.data.source={data.source!r}: expected synthetic or tfds')
-  prepared = open_dir(tfds_dir)
-  data.tfds_dir = str(tfds_dir)
-  # A 'none'-aligned model fed MTCNN crops, or the reverse, scores far worse: follow the dataset, not the default.
-  aligned = prepared.aligner
-  if aligned.get('name') and aligned['name'] != data.aligner:
-    log.info('The dataset was aligned with %r: evaluation will align raw photos the same way', aligned['name'])
-    data.aligner = aligned['name']
-    data.aligner_path = aligned.get('path') or ''
-  if aligned.get('max_photo_side'):  # verify reads raw photos at the size preprocessing read them
-    data.max_photo_side = int(aligned['max_photo_side'])
-  return prepared

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from jaxface.align.template import ARCFACE_TEMPLATE
+from jaxface.data.augment import affine, blur_reflect, gaussian_blur
 
 KINDS = ('self_blend', 'swap', 'trace')
 TRACES = ('checkerboard', 'spectral', 'smooth')
@@ -101,31 +102,6 @@ def _hull(grid, landmarks, brow_out, brow_up, mouth_out, mouth_down, chin_down):
   return tf.cast(inside, tf.float32)
 
 
-def _blur_matrix(n: int, sigma: tf.Tensor, radius: int) -> tf.Tensor:
-  """(n + 2 radius, n) Gaussian band: column v weights padded samples v .. v + 2 radius, exactly 0 elsewhere."""
-  offset = tf.range(n + 2 * radius, dtype=tf.float32)[:, None] - tf.range(n, dtype=tf.float32)[None] - radius
-  weights = tf.exp(-0.5 * tf.square(offset / tf.maximum(tf.cast(sigma, tf.float32), 1e-3)))
-  weights = tf.where(tf.abs(offset) <= radius, weights, 0.0)
-  return weights / tf.reduce_sum(weights, axis=0, keepdims=True)
-
-
-def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius: int, mode: str = 'CONSTANT') -> tf.Tensor:
-  """Separable Gaussian blur cut at `radius`: (H, W, C) float32 -> (H, W, C) float32.
-
-  Written as two small matrix products with banded matrices: on CPU this is several times faster than
-  depthwise_conv2d for face-sized images. `mode` pads the borders: 'CONSTANT' (zeros) or 'REFLECT'.
-  """
-  h, w = image.shape[0], image.shape[1]
-  padded = tf.pad(image, [[radius, radius], [radius, radius], [0, 0]], mode=mode)
-  rows = tf.einsum('pwc,ph->hwc', padded, _blur_matrix(h, sigma, radius))
-  return tf.einsum('hpc,pw->hwc', rows, _blur_matrix(w, sigma, radius))
-
-
-def blur_reflect(image: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
-  """Gaussian blur with reflected borders (no dark rim): (H, W, C) float32 -> (H, W, C) float32."""
-  return gaussian_blur(image, sigma, radius, mode='REFLECT')
-
-
 def face_mask(size: int, seed: tf.Tensor, landmarks: tf.Tensor | None = None) -> tf.Tensor:
   """A random soft mask over the inner face: (size, size, 1) float32 in [0, 1], exactly 0 outside `face_region`.
 
@@ -161,21 +137,6 @@ def face_region(size: int, landmarks: np.ndarray | None = None) -> np.ndarray:
   r = feather_radius(size)
   grown = tf.nn.max_pool2d(hard[None, :, :, None], 2 * r + 1, 1, 'SAME')[0, :, :, 0]
   return grown.numpy() > 0
-
-
-def affine(image: tf.Tensor, scale, shift, angle) -> tf.Tensor:
-  """Scales and rotates about the centre and shifts, bilinear, reflected borders: (H, W, 3) float32."""
-  h, w = image.shape[0], image.shape[1]
-  cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
-  cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-  # Output pixel (x, y) reads input (a0 x + a1 y + a2, b0 x + b1 y + b2): the inverse of the forward map.
-  tx = cx - cos * (cx + shift[0]) + sin * (cy + shift[1])
-  ty = cy - sin * (cx + shift[0]) - cos * (cy + shift[1])
-  transform = tf.stack([cos, -sin, tx, sin, cos, ty, 0.0, 0.0])[None]
-  out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=image[None], transforms=tf.cast(transform, tf.float32), output_shape=tf.constant([h, w], tf.int32),
-      fill_value=0.0, interpolation='BILINEAR', fill_mode='REFLECT')
-  return out[0]
 
 
 def _small_affine(image: tf.Tensor, seed: tf.Tensor, max_scale: float, max_shift: float, max_angle_deg: float):

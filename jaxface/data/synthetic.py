@@ -8,8 +8,8 @@ writes `train/images/<8-digit person>/<k>.jpg`, `train/meta.json`, `test_public/
 generator traces of every fake). Two runs with the same arguments write byte-identical files.
 
 Every photo is a face crop (the face fills most of the frame, as in the challenge) drawn procedurally with numpy by
-`jaxface.data.render`. `prepare_synthetic(config)` generates the set a training config describes and prepares its TFDS
-dataset once, in a cache folder (`cache_root()`).
+`jaxface.data.render`. Training on it (`config.data.source = 'synthetic'`) generates and prepares the set once, in a
+cache folder (`jaxface.data.sources`).
 
 What makes it hard:
 - Identity lives in geometry, not in colour or pixels at fixed places. Each person has stable traits (face width and
@@ -36,29 +36,27 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import ctypes
-import hashlib
 import io
 import json
 import logging
 import math
-import os
 import pathlib
 import shutil
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from jaxface import pair_kinds
 from jaxface.data import challenge
 from jaxface.data.render import TRACE_KINDS, render_faces
 
 log = logging.getLogger('jaxface.data.synthetic')
 
 # The kinds of the generated test pairs: every finer kind of the vocabulary (a synthetic pair always knows its kind).
-PAIR_KINDS = tuple(kind for kind in challenge.PAIR_KINDS if kind != 'fake')
+PAIR_KINDS = tuple(kind for kind in pair_kinds.KNOWN_KINDS if kind != 'fake')
 
 # Random streams, one per purpose, so adding draws to one never shifts another.
 _PERSON, _TRAIN_PHOTO, _TEST_PHOTO, _FAKE_SLOTS, _PAIRS = range(5)
@@ -300,45 +298,6 @@ def generate(out_dir: challenge.PathLike, people: int = 50, photos_per_person: i
   return dict(out_dir=str(out_dir), people=people, train_images=len(meta), fake_images=len(fakes),
               real_images=len(meta) - len(fakes), test_people=test_people if test_pairs else 0,
               test_pairs=test_pairs, pairs_by_kind=by_kind, seconds=round(time.perf_counter() - start, 2))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The training configs' synthetic source.
-
-
-def cache_root() -> pathlib.Path:
-  """Where generated data is kept between runs: $JAXFACE_CACHE, default ~/.cache/jaxface."""
-  return pathlib.Path(os.environ.get('JAXFACE_CACHE', pathlib.Path.home() / '.cache' / 'jaxface'))
-
-
-def prepare_synthetic(config: Any) -> str:
-  """Generates and prepares (aligner 'none') the synthetic dataset a training config describes; returns its TFDS dir.
-
-  Reads `config.data.synthetic` (the arguments of `generate`), `config.data.val_fraction` and
-  `config.data.val_pairs_per_person`. Done once per setting under cache_root()/synthetic-<hash>; a later run reuses it,
-  and a dataset written in an older layout is rewritten from its align cache.
-  """
-  from jaxface.data import builder, prepared  # pylint: disable=import-outside-toplevel  (TensorFlow)
-
-  settings = config.data.synthetic.to_dict()
-  settings.update(val_fraction=config.data.val_fraction, val_pairs_per_person=config.data.val_pairs_per_person)
-  key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-  root = cache_root() / f'synthetic-{key}'
-  raw_dir, tfds_dir = root / 'raw', root / 'tfds'
-  done = root / 'READY'
-  options = builder.BuildOptions(aligner='none', val_fraction=config.data.val_fraction,
-                                 pairs_per_person=config.data.val_pairs_per_person, progress=False)
-  if not done.exists():
-    log.info('Generating synthetic challenge data into %s (first use; later runs reuse it)', root)
-    generate(raw_dir, overwrite=True, **config.data.synthetic.to_dict())
-    builder.prepare(raw_dir, tfds_dir, options, overwrite=True)
-    done.write_text(json.dumps(settings))
-  elif not prepared.is_current(tfds_dir):
-    log.info('Rewriting the cached synthetic dataset in %s in the current layout (from its align cache)', tfds_dir)
-    builder.prepare(raw_dir, tfds_dir, options, overwrite=True)
-  else:
-    log.info('Using cached synthetic data in %s', root)
-  return str(tfds_dir)
 
 
 def _keep_freed_memory() -> None:

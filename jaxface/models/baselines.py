@@ -35,14 +35,11 @@ class ResNet18(EmbeddingNet):
   """Plain ResNet-18 (2, 2, 2, 2 basic blocks) with the IR nets' stem and embedding output."""
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False, stem_only: bool = False
-               ) -> tuple[jax.Array | None, dict[str, jax.Array]]:
+  def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(B, S, S, 3) float32 in [-1, 1] -> embedding (B, embedding_dim) float32 and stage outputs stem..stage4."""
     x = Conv(scaled_channels(64, self.width), 3, 1, 1, dtype=self.dtype, name='stem_conv')(images.astype(self.dtype))
     x = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, name='stem_bn')(x))
     stages = {'stem': x}
-    if stem_only:  # the fake head's second look at a canonical copy of the face (FaceModel)
-      return None, stages
     x, body = residual_stages(x, BasicBlock, (2, 2, 2, 2), self.width, train, self.bn_axis_name, self.dtype)
     stages.update(body)
     embedding = EmbeddingOutput(self.embedding_dim, self.dropout, train, self.bn_axis_name, self.dtype,
@@ -57,13 +54,10 @@ class SmallCNN(EmbeddingNet):
   """
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False, stem_only: bool = False
-               ) -> tuple[jax.Array | None, dict[str, jax.Array]]:
+  def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(B, S, S, 3) float32 in [-1, 1] -> embedding (B, embedding_dim) float32 and stage outputs stem..stage4."""
     x = images.astype(self.dtype)
     stages = {'stem': x}  # no stem layer: the trace head reads the input itself
-    if stem_only:  # the fake head's second look at a canonical copy of the face (FaceModel)
-      return None, stages
     for stage, channels in enumerate((32, 64, 128, 256)):
       x = Conv(scaled_channels(channels, self.width), 3, 2, 1, dtype=self.dtype, name=f'conv{stage + 1}')(x)
       x = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, name=f'bn{stage + 1}')(x))

@@ -31,13 +31,11 @@ checkerboards, spectral peaks, missing skin texture). Not for pretrained IR weig
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxface.models.baselines import ResNet18, SmallCNN
 from jaxface.models.heads import FakeHead
@@ -82,7 +80,6 @@ class FaceModel(nn.Module):
   dtype: Any = jnp.float32
   space_to_depth: bool = False
   input_norm: str = 'unit'
-  fake_canonical_px: int = 0  # > 0: the trace branch reads the face brought to this many px (of 112) and back
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -100,21 +97,11 @@ class FaceModel(nn.Module):
     # Noise residual for the trace head: the photo minus its 3x3 local mean, a fixed high-pass filter (as forensic
     # detectors' SRM filters): face content mostly cancels, generator traces (checkerboards, periodic patterns,
     # missing sensor noise) are what is left.
-    canonical = canonical_resolution(images, self.fake_canonical_px) if self.fake_canonical_px else None
-    trace_input = images if canonical is None else canonical
-    residual = high_pass(trace_input.astype(jnp.float32)) if self.fake_head == 'traces' else None
+    residual = high_pass(images.astype(jnp.float32)) if self.fake_head == 'traces' else None
     if self.space_to_depth:
       images = fold_pixels(images)
-      canonical = None if canonical is None else fold_pixels(canonical)
       residual = None if residual is None else fold_pixels(residual)
     embedding, stages = backbone(normalize_input(images, self.input_norm), train=train)
-    if canonical is not None and self.fake_head == 'traces':
-      # The trace branch sees every photo at one resolution, so how sharp a source's photos are (a camera's, a
-      # generator's, a pseudo-fake's softened inner face) cannot tell it real from fake (issue 17's benchmark). The
-      # stem runs a second time, on the canonical copy, with its running BatchNorm statistics: this pass neither
-      # updates them nor depends on the batch. Identity, the stage-2 map and the embedding still read the photo.
-      _, canonical_stages = backbone(normalize_input(canonical, self.input_norm), train=False, stem_only=True)
-      stages = {**stages, 'stem': canonical_stages['stem']}
     if residual is not None and residual.shape[1] == 2 * stages['stem'].shape[1]:
       # MobileFaceNet's stem is already at half resolution (stride-2 conv1): fold the residual 2x2 (112x112x3 ->
       # 56x56x12) rather than resize it, so the head still sees every pixel's 1-2 pixel traces.
@@ -127,31 +114,6 @@ class FaceModel(nn.Module):
       fake_logit = FakeHead(self.fake_head, train=train, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
                             name='fake_head')(embedding, stages)
     return {'embedding': embedding.astype(jnp.float32), 'fake_logit': fake_logit.astype(jnp.float32)}
-
-
-@functools.lru_cache(maxsize=16)
-def _resize_matrix(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
-  """(n_out, n_in): `jax.image.resize`'s linear resampling along one axis as a matrix (it is linear and separable).
-
-  Computed eagerly, even under a trace: the traced graph (and an exported one) holds only the constant.
-  """
-  with jax.ensure_compile_time_eval():
-    return np.asarray(jax.image.resize(jnp.eye(n_in, dtype=jnp.float32), (n_out, n_in), 'linear',
-                                       antialias=antialias))
-
-
-def canonical_resolution(images: jax.Array, px: int) -> jax.Array:
-  """(B, S, S, C) faces brought down to px * S / 112 pixels a side (antialiased, linear) and back up to S (linear):
-  every source at one resolution. px is given for a 112 crop.
-
-  The same numbers as two `jax.image.resize` calls, written as matrix products so that the batch size may stay
-  symbolic (ONNX and SavedModel export with a free N; jax.image.resize needs a concrete batch).
-  """
-  s = images.shape[1]
-  small = max(1, int(round(px * s / 112)))
-  resample = _resize_matrix(small, s, False) @ _resize_matrix(s, small, True)  # (S, S): down, then up
-  x = jnp.einsum('oi,bijc->bojc', resample, images.astype(jnp.float32))
-  return jnp.einsum('oj,bijc->bioc', resample, x).astype(images.dtype)
 
 
 def normalize_input(images: jax.Array, input_norm: str) -> jax.Array:
@@ -195,8 +157,6 @@ def build_model(cfg) -> FaceModel:
   dtype ('float32' | 'bfloat16'), bn_axis_name (None or the pmap axis, e.g. 'batch'), space_to_depth (False; True
   folds a 112 input into 56x56x12 before the backbone), input_norm ('unit' = the backbone reads [-1, 1] as given;
   'imagenet' = ImageNet mean/std, what the converted MobileFaceNet expects; `jaxface.convert` records it),
-  fake_canonical_px (0 = off; e.g. 56: the 'traces' head reads its stem map and residual from the face brought down
-  to 56 px of 112 and back, `canonical_resolution`; see issue 17 in the README).
   MobileFaceNet's embedding size is the backbone's (128): an absent embedding_dim means 128, any other value fails
   with one line (the trainer sizes the AdaFace head from config.model.embedding_dim, so it must say 128).
   """
@@ -210,14 +170,12 @@ def build_model(cfg) -> FaceModel:
   if arch == 'mobilefacenet' and embedding_dim != MOBILEFACENET_DIM:
     raise ValueError(f'config.model.embedding_dim {embedding_dim}: mobilefacenet embeds in {MOBILEFACENET_DIM} '
                      f'dimensions; set --config.model.embedding_dim={MOBILEFACENET_DIM}')
-  canonical_px = int(get('fake_canonical_px', 0) or 0)
-  if canonical_px and (get('fake_head', 'traces') != 'traces' or not 8 <= canonical_px < 112):
-    raise ValueError(f'config.model.fake_canonical_px={canonical_px} needs fake_head="traces" and 8 <= px < 112 '
-                     '(0 turns it off)')
+  if get('fake_canonical_px', 0):  # measured and not taken (research/fake_generalisation); old configs hold a 0
+    raise ValueError(f"config.model.fake_canonical_px={get('fake_canonical_px')} was removed from the model on "
+                     '2026-12-07 (research/fake_generalisation/README.md); train without it')
   if get('input_norm', 'unit') not in INPUT_NORMS:
     raise ValueError(f"config.model.input_norm {get('input_norm')!r} is not one of {', '.join(INPUT_NORMS)}")
   return FaceModel(arch=arch, width=float(get('width', 1.0)), embedding_dim=embedding_dim,
                    dropout=float(get('dropout', 0.4)), fake_head=get('fake_head', 'traces'),
                    bn_axis_name=get('bn_axis_name', None), dtype=dtype_from_name(get('dtype', 'float32')),
-                   space_to_depth=bool(get('space_to_depth', False)), input_norm=get('input_norm', 'unit'),
-                   fake_canonical_px=canonical_px)
+                   space_to_depth=bool(get('space_to_depth', False)), input_norm=get('input_norm', 'unit'))

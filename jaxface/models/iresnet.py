@@ -126,14 +126,12 @@ class IResNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False, stem_only: bool = False
-               ) -> tuple[jax.Array | None, dict[str, jax.Array]]:
+  def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Embeds faces.
 
     Args:
       images: (B, S, S, 3) float32 RGB in [-1, 1], S = 112 (or 56 for test-sized models).
       train: batch statistics, BN updates and dropout on.
-      stem_only: stop after the stem and return (None, {'stem': ...}).
 
     Returns:
       embedding (B, embedding_dim) float32, un-normalised; and stage outputs {'stem': (B, S, S, 64w), 'stage1':
@@ -144,8 +142,6 @@ class IResNet(nn.Module):
     x = batch_norm(train, self.bn_axis_name, self.dtype, name='stem_bn')(x)
     x = PReLU(name='stem_prelu')(x)
     stages = {'stem': x}
-    if stem_only:  # the fake head's second look at a canonical copy of the face (FaceModel)
-      return None, stages
     x, body = residual_stages(x, IRUnit, self.units, self.width, train, self.bn_axis_name, self.dtype)
     stages.update(body)
     embedding = EmbeddingOutput(self.embedding_dim, self.dropout, train, self.bn_axis_name, self.dtype,

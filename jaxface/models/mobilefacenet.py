@@ -109,14 +109,12 @@ class MobileFaceNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False, stem_only: bool = False
-               ) -> tuple[jax.Array | None, dict[str, jax.Array]]:
+  def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Embeds faces.
 
     Args:
       images: (B, S, S, 3) float32 RGB, ImageNet-normalised, S = 112 (or 56 for test-sized models).
       train: batch statistics and BN updates on.
-      stem_only: stop after the stem and return (None, {'stem': ...}).
 
     Returns:
       embedding (B, embedding_dim) float32, un-normalised; and stage outputs {'stem': conv1 (B, S/2, S/2, 64w),
@@ -127,8 +125,6 @@ class MobileFaceNet(nn.Module):
     ch = lambda c: scaled_channels(c, self.width)
     x = ConvBN(ch(64), 3, 2, name='conv1', **kw)(images.astype(self.dtype))
     stages = {'stem': x}
-    if stem_only:  # the fake head's second look at a canonical copy of the face (FaceModel)
-      return None, stages
     # dw_conv uses plain ReLU (not ReLU6), as the real graph does (checked on the ONNX export: Relu, not Clip).
     y = DepthwiseConv(3, 1, 1, self.dtype, name='dw_conv_depthwise')(x)
     y = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, name='dw_conv_bn1')(y))

@@ -1,9 +1,9 @@
 r"""Does the fake head generalise? Leave-one-source-out over every fake source, laundered test photos, shortcut probes.
 
-    python scripts/fake_generalisation.py --quick --out runs/fakegen-quick      # under 5 min on the 2-core CPU
-    python scripts/fake_generalisation.py --out runs/fakegen                     # the benchmark (baseline recipe)
-    python scripts/fake_generalisation.py --out runs/fakegen --ablate            # + the item-3 recipes (cached inputs)
-    python scripts/fake_generalisation.py --out runs/fakegen4 --draws 3 --recipes baseline,canonical56
+    python -m research.fake_generalisation.benchmark --quick --out runs/fakegen-quick  # under 5 min on 2 CPU cores
+    python -m research.fake_generalisation.benchmark --out runs/fakegen                 # the benchmark (baseline)
+    python -m research.fake_generalisation.benchmark --out runs/fakegen --ablate        # + the item-3 recipes (cached)
+    python -m research.fake_generalisation.benchmark --out runs/fakegen4 --draws 3 --recipes baseline,canonical56
         # three photo draws (--seed 0, 1, 2 in --out/seed<N>), mean +- sd and the paired change against the baseline
         # in --out/summary.md: one draw moves a row by up to 0.3, so recipes are ranked over several
 
@@ -21,13 +21,13 @@ the held-out sources, no pseudo-fake made from a held-out real source) and is te
 the held-out reals:
     lfw_swap vs lfw_real | stylegan3 vs ffhq_real | stylegan2 vs ffhq_real | self_blend, swap, trace vs celeba_wild
 Laundered table: the same test photos (reals and fakes alike) resized x0.5 / x1.5, JPEG 50 / 75, blur sigma 1,
-greyscale (`jaxface.data.launder`); recorded photos are laundered as files and re-aligned with their landmarks
+greyscale (`launder` here); recorded photos are laundered as files and re-aligned with their landmarks
 (scaled with the photo), pseudo-fake rows launder the aligned faces of reals and fakes alike. Probes: AUC of trivial
 detectors (side, saturation, JPEG luminance table, file size) on the original files of each test set (a pseudo-fake's
 file is its base photo's), and two the head can see: the face's eye distance in photo pixels (face_px) and the
 aligned face's sharpness (face_sharpness, log variance of the Laplacian over the inner face). Each row also reports
 the head's AUC on its own training photos (train_auc): a low one means it did not learn, not that it did not
-transfer. The head: `jaxface.fakebench` (the project's FakeHead on a frozen pretrained MobileFaceNet,
+transfer. The head: `fakebench` here (the project's FakeHead on a frozen pretrained MobileFaceNet,
 runs/mbf_ms1m_init, which never saw any of these fakes). Inputs are cached in --out/inputs.npz, completed there
 with what a later --recipes needs (twins, training launderings, canonical views), and the recipes already in
 --out/results.json for the same photos and settings are kept (--rerun trains them again), so an interrupted run
@@ -45,13 +45,13 @@ import time
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # the repository
 sys.path.insert(0, str(ROOT))
 
 from jaxface.align import template  # noqa: E402  pylint: disable=wrong-import-position
 from jaxface.align.cache import AlignCache  # noqa: E402  pylint: disable=wrong-import-position
-from jaxface.data import launder as launder_lib  # noqa: E402  pylint: disable=wrong-import-position
 from jaxface.metrics import roc_auc  # noqa: E402  pylint: disable=wrong-import-position
+from research.fake_generalisation import launder as launder_lib  # noqa: E402  pylint: disable=wrong-import-position
 
 PSEUDO_KINDS = ('self_blend', 'swap', 'trace')
 ROWS = (('lfw_swap', ('lfw_real',)), ('stylegan3', ('ffhq_real',)), ('stylegan2', ('ffhq_real',)),
@@ -281,7 +281,7 @@ def launder_item(it: Item, name: str | None, rng: np.random.Generator | None = N
 
 def build_inputs(items: list[Item], backbone) -> dict[str, object]:
   """Backbone features of every face (originals) and of each LAUNDERINGS of the test items (from their photos)."""
-  from jaxface import fakebench  # pylint: disable=import-outside-toplevel
+  from research.fake_generalisation import fakebench  # pylint: disable=import-outside-toplevel
   t0 = time.time()
   inputs = {'original': fakebench.backbone_features(backbone, np.stack([it.face for it in items]))}
   print(f'  originals: {len(items)} faces, {time.time() - t0:.0f} s', flush=True)
@@ -298,7 +298,7 @@ def build_inputs(items: list[Item], backbone) -> dict[str, object]:
 def _add_twins(items: list[Item], inputs: dict, backbone, seed: int) -> list[Item]:
   """Items read from an inputs.npz written before the twins: makes the pseudo-fakes again from the same reals and
   seed, checks they are the stored ones bit for bit, and appends their twins (items and features) at the end."""
-  from jaxface import fakebench  # pylint: disable=import-outside-toplevel
+  from research.fake_generalisation import fakebench  # pylint: disable=import-outside-toplevel
   made = make_pseudo_fakes(items, seed)
   stored = np.stack([it.face for it in items if it.source in PSEUDO_KINDS])
   again = np.stack([it.face for it in made if it.role != 'twin'])
@@ -320,7 +320,7 @@ def complete_inputs(items: list[Item], inputs: dict, backbone, seed: int, train_
   fakes alike, face-level since pseudo-fakes have no photo), and for each px in `canonical` the 'c{px}/...' views:
   every face above brought to px (`canonical_faces`), the backbone run again on it.
   """
-  from jaxface import fakebench  # pylint: disable=import-outside-toplevel
+  from research.fake_generalisation import fakebench  # pylint: disable=import-outside-toplevel
   changed = False
   if not any(it.role == 'twin' for it in items):
     items, changed = _add_twins(items, inputs, backbone, seed), True
@@ -425,7 +425,7 @@ def _family_heads(train: np.ndarray, labels: np.ndarray, sources: np.ndarray, ba
                   stem, recipe):
   """One head per FAMILIES family among the training fakes, each on all training reals and that family's fakes ->
   a scorer: per photo the largest of the heads' scores, each standardised by its scores on the training reals."""
-  from jaxface import fakebench  # pylint: disable=import-outside-toplevel
+  from research.fake_generalisation import fakebench  # pylint: disable=import-outside-toplevel
   if recipe.launder_prob > 0:
     raise ValueError('family_heads does not take launder_prob')
   reals = train[labels[train] == 0]
@@ -445,7 +445,7 @@ def _family_heads(train: np.ndarray, labels: np.ndarray, sources: np.ndarray, ba
 
 def run_recipe(name: str, items: list[Item], inputs: dict, stem, splits, args) -> dict[str, dict[str, float]]:
   """Trains one head per row with recipe `name` -> {row: {'original': AUC, laundering: AUC, ...}}."""
-  from jaxface import fakebench  # pylint: disable=import-outside-toplevel
+  from research.fake_generalisation import fakebench  # pylint: disable=import-outside-toplevel
   fields, balanced = dict(RECIPES[name][0]), RECIPES[name][1]
   steps = args.steps * fields.pop('steps_x', 1)
   twins = fields.pop('twins', False)
@@ -500,7 +500,7 @@ def run_recipe(name: str, items: list[Item], inputs: dict, stem, splits, args) -
 
 
 def _markdown(results: dict) -> str:
-  """The tables of the README section: per recipe, AUC per held-out source, original and laundered; the probes."""
+  """The tables of the study's README: per recipe, AUC per held-out source, original and laundered; the probes."""
   washes = launder_lib.LAUNDERINGS
   lines = []
   for name, table in results['recipes'].items():
@@ -544,7 +544,7 @@ def _read_inputs(cache_file: pathlib.Path, key: str):
   The items come back from the file too (their photo list and faces), so a later run with other --recipes scores the
   same photos even where the align caches changed in between.
   """
-  from jaxface import fakebench  # pylint: disable=import-outside-toplevel
+  from research.fake_generalisation import fakebench  # pylint: disable=import-outside-toplevel
   if not cache_file.is_file():
     return None
   stored = np.load(cache_file)

@@ -9,17 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxface import fakebench
-from jaxface.metrics import roc_auc
-from jaxface.data import launder
 from jaxface.data import pseudofakes
 from jaxface.metrics import roc_auc
 from jaxface.models.heads import mean_std_pool
 from jaxface.models.mobilefacenet import MobileFaceNet
-from script_loader import load_script
+from research.fake_generalisation import benchmark as fg
+from research.fake_generalisation import fakebench, launder
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-fg = load_script('fake_generalisation')
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _photo(seed: int = 0, size: tuple[int, int] = (40, 30)) -> np.ndarray:
@@ -143,6 +140,7 @@ def test_the_spectrum_detector_sees_an_upsampling_pattern_that_survives_contrast
     fakebench.spectrum_features(faces[:, :, :20])
 
 
+@pytest.mark.slow  # trains the head
 def test_the_trace_head_learns_a_checkerboard_on_a_frozen_stem(mbf_variables):
   rng = np.random.default_rng(0)
   n, side = 64, 48  # small faces keep the test fast; the head adapts to the input side
@@ -244,6 +242,7 @@ def test_every_source_of_the_shared_data_is_found():
   assert {it.role for it in items if it.source == 'celeba_wild'} == {'test_real', 'base'}
 
 
+@pytest.mark.slow  # trains the head twice
 def test_train_stem_tunes_the_stem_and_scores_with_it_while_the_default_leaves_it(mbf_variables):
   rng = np.random.default_rng(1)
   n, side = 32, 32

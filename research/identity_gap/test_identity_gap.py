@@ -1,12 +1,10 @@
-"""scripts/identity_gap.py on hand-made scores: which pairs every scorer rejects, and AS-norm's arithmetic."""
+"""identity_gap on hand-made scores: which pairs every scorer rejects, and AS-norm's arithmetic."""
 import csv
 import json
 
 import numpy as np
 
-from script_loader import load_script
-
-gap = load_script('identity_gap')
+from research.identity_gap import identity_gap as gap
 
 
 def _write(path, rows):

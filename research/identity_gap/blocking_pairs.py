@@ -1,6 +1,6 @@
 r"""The labelled pairs that keep an EER up, side by side for several scorers, with a contact sheet to look at.
 
-  python scripts/blocking_pairs.py --data-dir ../shared/data/realfaces-train \
+  python -m research.identity_gap.blocking_pairs --data-dir ../shared/data/realfaces-train \
       --scores jaxface=runs/realfaces_mbf/eval/scores.csv --scores dlib=runs/peer_rt/peer_dlib/scores.csv \
       --out runs/blocking
 
@@ -19,8 +19,8 @@ import sys
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # also run as a file, not only with python -m from the repository
 
 from jaxface import metrics  # noqa: E402  pylint: disable=g-import-not-at-top
 
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
   if shown:
     notes = [' '.join(f'{n[:5]} {float(scorers[n][p]["similarity"]):.2f}' for n in scorers) for p in shown]
     contact_sheet(pathlib.Path(args.data_dir), shown, notes, out / 'blocking_same.png')
-    print(f'wrote {out / "blocking_same.csv"} and {out / "blocking_same.png"} ({len(shown)} pairs every scorer rejects)')
+    print(f'wrote {out / "blocking_same.csv"} and {out / "blocking_same.png"} '
+          f'({len(shown)} pairs every scorer rejects)')
   return 0
 
 

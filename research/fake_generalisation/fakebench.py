@@ -1,6 +1,6 @@
 """The project's fake head trained alone on a frozen backbone, cheaply enough to train it dozens of times.
 
-Used by `scripts/fake_generalisation.py` (leave-one-source-out benchmark and ablations). What is the same as in
+Used by `research.fake_generalisation.benchmark` (leave-one-source-out benchmark and ablations). What is the same as in
 training (`jaxface.train`): the module, `jaxface.models.heads.FakeHead` in the configured mode, with its inputs built
 as `FaceModel` builds them (noise residual of the [-1, 1] face folded 2x2, the MobileFaceNet stem map, the stage-2
 map, the embedding), the loss (`losses.fake_bce`) and the optimiser of the fake head (Adam, config.optim.fake_head_lr

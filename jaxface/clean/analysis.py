@@ -1,5 +1,5 @@
 """The label cleaner's analysis, on unit-norm embeddings only: per-folder graphs (outliers, mixed folders and their
-split, unresolved folders), merge candidates between folders, near-duplicate photos. See `jaxface.data.clean`, which
+split, unresolved folders), merge candidates between folders, near-duplicate photos. See `jaxface.clean`, which
 embeds the photos and writes the reports, for what each check does and how the thresholds were chosen.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxface.data.neighbours import IVFIndex, neighbour_pairs
+from jaxface.clean.neighbours import IVFIndex, neighbour_pairs
 
 DUPLICATE_NEIGHBOURS = 4  # nearest photos per photo in the duplicate search (a photo rarely has more copies)
 
@@ -24,10 +24,10 @@ class CleanError(ValueError):
 class CleanParams:
   """Thresholds of the cleaner (cosines of unit-norm embeddings), chosen on measured injected noise.
 
-  Chosen with `python scripts/label_noise.py measure` on realfaces-train (pretrained MobileFaceNet
+  Chosen with `python -m research.label_noise.label_noise measure` on realfaces-train (pretrained MobileFaceNet
   `runs/mbf_ms1m_init`, MTCNN faces, 2026-12-03): noise seed 0 over edge 0.25-0.35 x outlier 0.1-0.3 x merge
   0.15-0.45, best min(precision, recall) with the clean copy's own flags counted apart and capped at 250 photos;
-  reported on seeds 1 and 2 (README, "Label cleaning"). At these defaults flagged photos score precision 0.75-0.77
+  reported on seeds 1 and 2 (research/label_noise/README.md). At these defaults flagged photos score precision 0.75-0.77
   (0.98-0.99 without the 249 photos the cleaner flags on the clean copy too), recall 0.92-0.94; in folders of 5 or
   more photos recall 0.98-0.99. Merge candidates: precision 0.43-0.44 (0.69-0.71 without the clean copy's own),
   recall 0.72-0.77; 1.0 / 1.0 where both folders hold 5 or more photos.
@@ -37,11 +37,11 @@ class CleanParams:
   outlier: a photo whose cosine to its folder's core mean (itself left out) is below this does not belong.
   merge: two folders are a merge candidate when their hubness-corrected mean cross cosine (`merge_scores`) is at
     least this.
-  duplicate: two photos are near-duplicates when their cosine is at least this. Measured (`scripts/label_noise.py
-    duplicates`, 300 photos): a JPEG-75 re-encode of a face scores 0.98 or more, a copy at 0.8x size and JPEG 60
-    0.92 or more in 95% of cases; by eye, 20 of 20 sampled pairs at 0.92 or more on realfaces-train are the same shot.
-    Harsher copies (0.6x, JPEG 40: median 0.82) are not found: 10% of the photos have a different photo of the same
-    person at 0.84 or more.
+  duplicate: two photos are near-duplicates when their cosine is at least this. Measured (`python -m
+    research.label_noise.label_noise duplicates`, 300 photos): a JPEG-75 re-encode of a face scores 0.98 or more, a
+    copy at 0.8x size and JPEG 60 0.92 or more in 95% of cases; by eye, 20 of 20 sampled pairs at 0.92 or more on
+    realfaces-train are the same shot. Harsher copies (0.6x, JPEG 40: median 0.82) are not found: 10% of the photos
+    have a different photo of the same person at 0.84 or more.
   min_split: photos that do not belong and are connected among themselves in at least this number make the folder
     `mixed` (a second person, with the split proposed) rather than outliers.
   neighbours: nearest folders looked at per folder in the merge search (the duplicate search looks at the

@@ -1,13 +1,13 @@
-"""Seeded label noise for a challenge folder, and how well `jaxface.data.clean` finds it.
+"""Seeded label noise for a challenge folder, and how well `jaxface.clean` finds it.
 
     # a noisy copy: symlinks to the photos (none copied), the truth in OUT/noise_truth.json
-    python scripts/label_noise.py make --data-dir ../shared/data/realfaces-train --out runs/clean/noisy \
+    python -m research.label_noise.label_noise make --data-dir ../shared/data/realfaces-train --out runs/clean/noisy \
         --cache-dir runs/clean/_align_cache
     # precision and recall of flagged photos and merge candidates, over a grid of thresholds
-    python scripts/label_noise.py measure --data-dir ../shared/data/realfaces-train --checkpoint runs/mbf_ms1m_init \
-        --cache-dir runs/clean/_align_cache --out runs/clean/measure
+    python -m research.label_noise.label_noise measure --data-dir ../shared/data/realfaces-train \
+        --checkpoint runs/mbf_ms1m_init --cache-dir runs/clean/_align_cache --out runs/clean/measure
     # the cleaner at scale: 10,000 folders x 10 photos of synthetic embeddings, timed
-    python scripts/label_noise.py scale --folders 10000 --photos 10
+    python -m research.label_noise.label_noise scale --folders 10000 --photos 10
 
 The noise (`inject`), as issue 22 asks: 1-3 real photos of another person are moved into 10% of the folders, and 2%
 of the people are split into two folders. Folders that receive intruders hold at least 2 real photos and receive
@@ -32,7 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from jaxface.data import challenge
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # also run as a file, not only with python -m from the repository
+
+from jaxface.data import challenge  # noqa: E402  pylint: disable=g-import-not-at-top
 
 PathLike = str | os.PathLike
 TRUTH_NAME = 'noise_truth.json'
@@ -208,7 +211,7 @@ def score_photos(flagged: set[str], truth: set[str], preexisting: set[str], conf
                  ) -> dict[str, Any]:
   """Precision and recall of flagged photos; `preexisting` (flagged on the clean copy) also counted apart.
 
-  `confirmed`: photos a peer recogniser also calls another person (scripts/peer_flags.py); the pre-existing flags
+  `confirmed`: photos a peer recogniser also calls another person (peer_flags.py here); the pre-existing flags
   among them are counted as true in `precision_peer_confirmed`.
   """
   hits = len(flagged & truth)
@@ -258,7 +261,7 @@ def measure(keys: list[str], embeddings: np.ndarray, is_fake: np.ndarray, seeds:
     {'rows': one per (seed, edge, outlier, merge) with 'photos' and 'merges' scores, 'preexisting': what the
     cleaner flags on the clean copy at each (edge, outlier) and merge threshold}.
   """
-  from jaxface.data import clean  # pylint: disable=import-outside-toplevel
+  from jaxface import clean  # pylint: disable=import-outside-toplevel
   meta = {key: int(fake) for key, fake in zip(keys, is_fake)}
   clean_runs = {}
   for edge in grid['edge']:
@@ -348,7 +351,7 @@ def audit(embeddings_path: PathLike, params: dict[str, float], out: PathLike, sa
   """Contact sheets of a seeded sample of what the cleaner flags on the clean copy, to judge by eye how much of it is
   the data's own label noise: per flagged photo a row (the photo in red, then up to 7 core photos of its folder in
   green); per merge candidate a row (up to 4 photos of each folder). Returns the sampled keys and pairs."""
-  from jaxface.data import clean  # pylint: disable=import-outside-toplevel
+  from jaxface import clean  # pylint: disable=import-outside-toplevel
   keys, embeddings, is_fake, _, info = clean.load_embeddings(embeddings_path)
   face_of = clean.face_reader(pathlib.Path(info['data_dir']), info)
   result = clean.analyse(keys, embeddings, is_fake, clean.CleanParams(**params), duplicates=False)
@@ -389,9 +392,9 @@ def audit(embeddings_path: PathLike, params: dict[str, float], out: PathLike, sa
 
 
 def score_report(noisy_dir: PathLike, report_dir: PathLike) -> dict[str, Any]:
-  """Precision and recall of what `python -m jaxface.data.clean NOISY_DIR --out REPORT_DIR` wrote (exclude.txt and
+  """Precision and recall of what `python -m jaxface.clean NOISY_DIR --out REPORT_DIR` wrote (exclude.txt and
   the merge rows of report.csv) against the noisy copy's noise_truth.json: the command line end to end."""
-  from jaxface.data import clean  # pylint: disable=import-outside-toplevel
+  from jaxface import clean  # pylint: disable=import-outside-toplevel
   truth = json.loads((pathlib.Path(noisy_dir) / TRUTH_NAME).read_text(encoding='utf-8'))
   excluded = set(clean.read_exclude(pathlib.Path(report_dir) / clean.EXCLUDE_NAME))
   with (pathlib.Path(report_dir) / clean.REPORT_NAME).open(encoding='utf-8') as handle:
@@ -418,7 +421,7 @@ def measure_duplicates(embeddings_path: PathLike, checkpoint: PathLike, sample: 
                        ) -> dict[str, Any]:
   """What the `duplicate` threshold separates: cosines of `sample` real photos to a degraded copy of themselves
   (`degrade`), against each real photo's highest cosine to another photo of its folder (the clean copy)."""
-  from jaxface.data import clean  # pylint: disable=import-outside-toplevel
+  from jaxface import clean  # pylint: disable=import-outside-toplevel
   keys, embeddings, is_fake, _, info = clean.load_embeddings(embeddings_path)
   face_of = clean.face_reader(pathlib.Path(info['data_dir']), info)
   reals = np.flatnonzero(is_fake == 0)
@@ -465,7 +468,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   meas.add_argument('--data-dir', default=None, help='clean challenge folder (with --checkpoint)')
   meas.add_argument('--checkpoint', default=None, help='model to embed with, e.g. runs/mbf_ms1m_init')
   meas.add_argument('--cache-dir', default=None, help='align cache root of the data folder')
-  meas.add_argument('--embeddings', default=None, help='or: the embeddings.npz of python -m jaxface.data.clean on '
+  meas.add_argument('--embeddings', default=None, help='or: the embeddings.npz of python -m jaxface.clean on '
                     'the clean folder')
   meas.add_argument('--out', required=True, help='folder for measure.json')
   meas.add_argument('--choose-seed', type=int, default=0, help='noise seed the thresholds are picked on')
@@ -473,20 +476,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   meas.add_argument('--edge', type=float, nargs='+', default=[0.25, 0.3, 0.35, 0.4])
   meas.add_argument('--outlier', type=float, nargs='+', default=[0.1, 0.15, 0.2, 0.25, 0.3])
   meas.add_argument('--merge', type=float, nargs='+', default=[0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45])
-  meas.add_argument('--peer-verdicts', default=None, help='OUT of scripts/peer_flags.py on the clean copy\'s '
+  meas.add_argument('--peer-verdicts', default=None, help='OUT of peer_flags.py on the clean copy\'s '
                     'report: also score the pre-existing flags the peer confirms as true')
   meas.add_argument('--max-preexisting', type=int, default=250, help='cap on the clean copy\'s flagged photos when '
                     'picking (see choose())')
   aud = commands.add_parser('audit', help='contact sheets of a sample of what the cleaner flags on the clean copy')
-  aud.add_argument('--embeddings', required=True, help='embeddings.npz of python -m jaxface.data.clean')
+  aud.add_argument('--embeddings', required=True, help='embeddings.npz of python -m jaxface.clean')
   aud.add_argument('--measure', required=True, help='measure.json: its chosen thresholds are used')
   aud.add_argument('--out', required=True)
   aud.add_argument('--sample', type=int, default=40)
   sco = commands.add_parser('score', help='score the command line\'s report on a noisy copy against its truth')
   sco.add_argument('--noisy-dir', required=True, help='the noisy copy (holds noise_truth.json)')
-  sco.add_argument('--report', required=True, help='the --out of python -m jaxface.data.clean NOISY_DIR')
+  sco.add_argument('--report', required=True, help='the --out of python -m jaxface.clean NOISY_DIR')
   dup = commands.add_parser('duplicates', help='what the duplicate threshold separates (degraded copies)')
-  dup.add_argument('--embeddings', required=True, help='embeddings.npz of python -m jaxface.data.clean')
+  dup.add_argument('--embeddings', required=True, help='embeddings.npz of python -m jaxface.clean')
   dup.add_argument('--checkpoint', required=True, help='the model those embeddings came from')
   dup.add_argument('--sample', type=int, default=300)
   scale = commands.add_parser('scale', help='time the cleaner on synthetic embeddings')
@@ -509,7 +512,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def read_peer_verdicts(folder: PathLike) -> dict[str, set]:
-  """scripts/peer_flags.py's OUT -> {'photos': flagged photos the peer calls another person, 'merges': candidate
+  """peer_flags.py's OUT -> {'photos': flagged photos the peer calls another person, 'merges': candidate
   folder pairs it calls one person}."""
   folder = pathlib.Path(folder)
   with open(folder / 'photos.csv', newline='') as f:
@@ -521,7 +524,7 @@ def read_peer_verdicts(folder: PathLike) -> dict[str, set]:
 
 
 def run_measure(args: argparse.Namespace) -> int:
-  from jaxface.data import clean  # pylint: disable=import-outside-toplevel
+  from jaxface import clean  # pylint: disable=import-outside-toplevel
   if args.embeddings:
     keys, embeddings, is_fake, _, info = clean.load_embeddings(args.embeddings)
   elif args.data_dir and args.checkpoint:
@@ -564,7 +567,7 @@ def run_measure(args: argparse.Namespace) -> int:
 
 
 def run_scale(args: argparse.Namespace) -> int:
-  from jaxface.data import clean  # pylint: disable=import-outside-toplevel
+  from jaxface import clean  # pylint: disable=import-outside-toplevel
   keys, embeddings, is_fake = synthetic_embeddings(args.folders, args.photos, seed=args.seed)
   plan = inject({key: 0 for key in keys}, args.seed)
   noisy_keys, noisy_embeddings, noisy_fake = noisy_view(keys, embeddings, is_fake, plan)

@@ -1,9 +1,9 @@
 r"""A second opinion on what the label cleaner flags: the dlib peer's verdict on each flagged photo and merge candidate.
 
-  python scripts/peer_flags.py --data-dir ../shared/data/realfaces-train \
+  python -m research.label_noise.peer_flags --data-dir ../shared/data/realfaces-train \
       --report runs/clean/report_clean_final --out runs/clean/peer_flags
 
-The cleaner (`python -m jaxface.data.clean`) flags photos of a folder that do not match its identity and pairs of
+The cleaner (`python -m jaxface.clean`) flags photos of a folder that do not match its identity and pairs of
 folders that may hold one person. On data whose labels are already noisy, flags that no injected noise explains
 count against its precision; this script asks an independent recogniser whether they are real. dlib's ResNet
 (`jaxface.peers`, the `face_recognition` package's model) describes every real photo of each flagged folder and of
@@ -29,8 +29,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # also run as a file, not only with python -m from the repository
 
 from jaxface import peers  # noqa: E402  pylint: disable=g-import-not-at-top
 from jaxface.data import challenge  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -43,7 +43,7 @@ def read_report(report_dir: pathlib.Path) -> tuple[dict[str, set[str]], list[tup
   """report.csv -> ({folder: flagged photos}, [(folder, other folder, cleaner score)] of merge candidates)."""
   path = report_dir / 'report.csv'
   if not path.is_file():
-    raise SystemExit(f'{path}: no report.csv (run python -m jaxface.data.clean first)')
+    raise SystemExit(f'{path}: no report.csv (run python -m jaxface.clean first)')
   flagged: dict[str, set[str]] = collections.defaultdict(set)
   merges = []
   with open(path, newline='') as f:

@@ -1,6 +1,6 @@
 r"""Where the remaining EER of a model comes from: label noise, the identity embedding, or the fake head.
 
-  python scripts/identity_gap.py --scores runs/eval/rt_mbf_flip/scores.csv \
+  python -m research.identity_gap.identity_gap --scores runs/eval/rt_mbf_flip/scores.csv \
       --others pretrained=runs/eval/pretrained_rt/scores.csv --others dlib=runs/peer_rt/peer_dlib/scores.csv \
       [--cohort-checkpoint runs/mbf_ms1m_init --tfds-dir runs/rt-mtcnn]
 
@@ -26,11 +26,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / 'scripts')]
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # also run as a file, not only with python -m from the repository
 
-from blocking_pairs import read_scores  # noqa: E402  pylint: disable=g-import-not-at-top
 from jaxface import metrics  # noqa: E402  pylint: disable=g-import-not-at-top
+from research.identity_gap.blocking_pairs import read_scores  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -78,7 +78,7 @@ def cohort_embeddings(checkpoint: str, tfds_dir: str, people: int):
   from jaxface.data import prepared  # pylint: disable=import-outside-toplevel
   from jaxface.verify import FaceVerifier  # pylint: disable=import-outside-toplevel
   verifier = FaceVerifier.load(checkpoint)
-  dataset = prepared.open_dir(tfds_dir)
+  dataset = prepared.open_prepared(tfds_dir)
   pairs = list(dataset.as_dataset('test').as_numpy_iterator())
   e0, _ = verifier.infer(np.stack([p['image0'] for p in pairs]))
   e1, _ = verifier.infer(np.stack([p['image1'] for p in pairs]))

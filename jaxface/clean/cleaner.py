@@ -1,40 +1,5 @@
-"""Label cleaning: photos that do not belong, folders that mix people or hold the same person, near-duplicates.
-
-    python -m jaxface.data.clean DATA_DIR --checkpoint runs/mbf_ms1m_init --out REPORT_DIR \
-        [--cache-dir TFDS_DIR/_align_cache] [--aligner mtcnn]
-    python scripts/preprocess.py --data-dir DATA_DIR --out TFDS_DIR --exclude REPORT_DIR/exclude.txt
-
-Every photo of train/ is aligned (faces come from the align cache of `scripts/preprocess.py` when `--cache-dir`
-points at it; only photos missing there are aligned) and embedded in batches; then, on unit-norm embeddings only:
-
-- Per folder, a graph of its real photos: an edge joins two photos whose cosine is at least `edge`. The largest
-  connected component is the folder's identity (a tie goes to the component with the higher mean cosine to the other
-  photos). Each photo scores the cosine to the mean of that core (leaving itself out): below `outlier` it does not
-  belong. Photos that do not belong and form a component of at least `min_split` photos are a second person: the
-  folder is reported `mixed`, with the split proposed (`split` rows give each photo its proposed part); the rest are
-  `outlier`s. A folder whose photos share no edge at all (every component one photo, two photos or more) has no
-  identity to hold on to: `unresolved`, for a person to decide, and nothing of it is excluded.
-- Merge candidates: two folders whose photos show one person. Folder centroids go into an IVF index (k-means cells,
-  `IVFIndex`: exact below 2,048 folders), each folder's `neighbours` nearest are scored by the mean cosine of every
-  photo pair across the two cores (the dot product of the two mean embeddings); at least `merge` is a candidate.
-- Near-duplicates: two photos (any folders, fakes included) with cosine at least `duplicate`, found with the same
-  index over photos: `duplicate` inside a folder, `duplicate_across` between folders (one label is wrong, or the
-  folders are one person).
-- Fake photos (meta.json 1) are never flagged for being fakes and never define a folder's identity: an own fake
-  looks like its person, and a generated face of nobody is its own folder. They are embedded and drawn on the
-  contact sheets; they take part in the duplicate search only.
-- Photos the aligner found no face in are left out (preprocessing skips them too), listed as `faceless`.
-
-Outputs in REPORT_DIR: `report.csv` (kind, folder, photo, other, score, threshold, detail: one row per flagged photo
-or folder), `exclude.txt` (the outliers and the photos the proposed splits move out, which `scripts/preprocess.py
---exclude` leaves out of train and val), `sheets/*.png` (contact sheets of the flagged folders and merge pairs, for
-review), `embeddings.npz` (keys and embeddings, reused by `--embeddings`) and `summary.json`.
-
-The thresholds were chosen with `scripts/label_noise.py measure` on realfaces-train with seeded injected noise and
-the pretrained MobileFaceNet (`CleanParams` says what each was measured to give). The cleaner itself needs neither
-TensorFlow nor PyTorch unless photos have to be aligned (then the aligner's torch loads).
-
-Exit status: 0, or 2 with one line for a user error (missing folder or checkpoint, unreadable embeddings file).
+"""The cleaner's command line and files: embed every photo with a model, analyse (`jaxface.clean.analysis`), write
+the report, the exclude list and contact sheets. What it does and why: the package docstring (`jaxface.clean`).
 """
 from __future__ import annotations
 
@@ -52,11 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxface.clean.analysis import CleanError, CleanParams, CleanResult, Finding, analyse
 from jaxface.data import challenge
-from jaxface.data.clean_analysis import (  # noqa: F401  (the cleaner's API, re-exported)
-    DUPLICATE_NEIGHBOURS, CleanError, CleanParams, CleanResult, Finding, FolderResult, analyse, analyse_folder,
-    merge_scores)
-from jaxface.data.neighbours import IVFIndex, neighbour_pairs  # noqa: F401  (re-exported)
 
 PathLike = str | os.PathLike
 
@@ -94,40 +56,6 @@ def write_exclude(out: PathLike, exclude: Sequence[str], header: str = '') -> pa
   return path
 
 
-def read_exclude(path: PathLike, data_dir: PathLike | None = None) -> tuple[str, ...]:
-  """Reads an exclude list: one meta.json key ("<person_id>/<k>.jpg") a line; blank lines and '#' comments skipped.
-
-  Args:
-    path: the file (exclude.txt of this module, or written by hand).
-    data_dir: when given, every key must be in its train/meta.json (a list made for another folder is refused).
-
-  Raises:
-    challenge.DataFormatError: unreadable file, a line that is not "<person>/<file>", or a key not in meta.json.
-  """
-  path = pathlib.Path(path)
-  try:
-    text = path.read_text(encoding='utf-8')
-  except (OSError, UnicodeDecodeError) as error:
-    raise challenge.DataFormatError(f'{path}: cannot read the exclude list ({type(error).__name__}: {error}) '
-                                    '(give the exclude.txt of python -m jaxface.data.clean)') from None
-  keys = []
-  for number, line in enumerate(text.splitlines(), 1):
-    line = line.split('#', 1)[0].strip()
-    if not line:
-      continue
-    if line.count('/') != 1 or not all(line.split('/')):
-      raise challenge.DataFormatError(f'{path}: line {number} {line!r} is not "<person_id>/<file>" (one meta.json key '
-                                      'a line)')
-    keys.append(line)
-  if data_dir is not None:
-    meta = challenge.read_meta(data_dir)
-    unknown = [key for key in keys if key not in meta]
-    if unknown:
-      raise challenge.DataFormatError(f'{path}: {len(unknown)} keys are not in {challenge.meta_path(data_dir)}, e.g. '
-                                      f'{unknown[0]!r} (the list was made for another data folder)')
-  return tuple(dict.fromkeys(keys))
-
-
 def save_embeddings(path: PathLike, keys: Sequence[str], embeddings: np.ndarray, is_fake: Sequence[int],
                     faceless: Sequence[str], info: dict[str, Any]) -> None:
   """Stores what the analysis needs, so thresholds can be tried again without embedding (`--embeddings`)."""
@@ -144,7 +72,7 @@ def load_embeddings(path: PathLike) -> tuple[list[str], np.ndarray, np.ndarray, 
               stored['is_fake'].astype(np.int64), [str(k) for k in stored['faceless']], json.loads(str(stored['info'])))
   except (OSError, ValueError, KeyError) as error:
     raise CleanError(f'{path}: cannot read embeddings ({type(error).__name__}: {error}) (give the embeddings.npz '
-                     'that python -m jaxface.data.clean wrote, or embed again without --embeddings)') from None
+                     'that python -m jaxface.clean wrote, or embed again without --embeddings)') from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -162,7 +90,7 @@ def aligned_faces(data_dir: PathLike, cache_dir: PathLike, aligner_name: str = '
                   aligner_path: str | None = None, batch_size: int = 32, progress: bool = True):
   """Aligns (into the cache) every train photo not aligned yet; returns the images and a face reader.
 
-  Uses preprocessing's own align stage (`jaxface.align.stage.align_into_cache`) and cache settings, so the cache
+  Uses preprocessing's own align stage (`jaxface.data.align_stage.align_into_cache`) and cache settings, so the cache
   is the one `scripts/preprocess.py --cache-dir` reads and writes. Cache keys are the photos' content hashes, so a
   copied data folder finds its faces.
 
@@ -170,7 +98,7 @@ def aligned_faces(data_dir: PathLike, cache_dir: PathLike, aligner_name: str = '
     (images: list of challenge.TrainImage, statuses: {path: stage.PhotoStatus}, read: path -> cached face).
   """
   from jaxface.align import cache as cache_lib  # pylint: disable=import-outside-toplevel
-  from jaxface.align import stage  # pylint: disable=import-outside-toplevel
+  from jaxface.data import align_stage as stage  # pylint: disable=import-outside-toplevel
   from jaxface.data import builder  # pylint: disable=import-outside-toplevel
 
   data_dir = pathlib.Path(data_dir).absolute()
@@ -305,8 +233,10 @@ def write_sheets(out: PathLike, result: CleanResult, keys: Sequence[str], is_fak
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   defaults = CleanParams()
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+      prog='python -m jaxface.clean', formatter_class=argparse.RawDescriptionHelpFormatter,
+      description='Label cleaning: photos that do not belong, folders that mix people or hold the same person, '
+                  'near-duplicates.')
   parser.add_argument('data_dir', help='challenge folder with train/images and train/meta.json')
   parser.add_argument('--checkpoint', default=None, help='model to embed with (a workdir or converted checkpoint, '
                       'e.g. runs/mbf_ms1m_init); not needed with --embeddings')
@@ -373,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'error: {error} (check that the folder exists and is writable)', file=sys.stderr)
     return 2
   write_report(out, result.findings)
-  write_exclude(out, result.exclude, header=f'python -m jaxface.data.clean {args.data_dir}: {len(result.exclude)} '
+  write_exclude(out, result.exclude, header=f'python -m jaxface.clean {args.data_dir}: {len(result.exclude)} '
                 f'photos that do not belong\nthresholds: {json.dumps(dataclasses.asdict(params))}')
   sheets = write_sheets(out, result, keys, is_fake, face_of, limit=args.max_sheets)
   kinds: dict[str, int] = {}
@@ -407,6 +337,3 @@ def face_reader(data_dir: pathlib.Path, info: dict[str, Any]) -> Callable[[str],
 
   return face_of
 
-
-if __name__ == '__main__':
-  sys.exit(main())

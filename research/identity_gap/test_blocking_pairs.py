@@ -1,4 +1,4 @@
-"""scripts/blocking_pairs.py: the same-person pairs the first scorer rejects, which of them every scorer rejects."""
+"""blocking_pairs: the same-person pairs the first scorer rejects, which of them every scorer rejects."""
 from __future__ import annotations
 
 import csv
@@ -7,9 +7,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from script_loader import load_script
-
-blocking_pairs = load_script('blocking_pairs')
+from research.identity_gap import blocking_pairs
 
 
 def _write_scores(path: pathlib.Path, rows: list[tuple[str, float, int, str]]) -> None:

@@ -1,0 +1,1 @@
+"""How well does the label cleaner find injected label noise? (issue 22; see README.md here)."""
