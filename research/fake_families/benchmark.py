@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
@@ -60,6 +61,7 @@ RECIPES = {
     'npr_native': _recipe(['npr:native']),
     'lite0_both': _recipe(['lite0:aligned', 'lite0:native']),
     'lite0_both+pseudo': _recipe(['lite0:aligned', 'lite0:native'], PSEUDO_ROWS),
+    'lite0_aligned+pseudo': _recipe(['lite0:aligned'], PSEUDO_ROWS),  # what the product's 'lite0' fake head reads
     'lite0_both+sbi': _recipe(['lite0:aligned', 'lite0:native'], ('self_blend',)),
     'lite0_both_unbalanced': _recipe(['lite0:aligned', 'lite0:native'], balanced=False),
     'all_feats+pseudo': _recipe(['lite0:aligned', 'lite0:native', 'npr:native', 'mbf:aligned'], PSEUDO_ROWS),
@@ -211,8 +213,8 @@ class FeatureStore:
       values = (np.stack(pixels).reshape(len(pixels), -1) if feature == 'faces'
                 else features_lib.EXTRACTORS[feature](np.stack(pixels)))
       table.update(zip(chunk, values))
-      part = len(list(self.root.glob(f'{name}.part*.npz')))
-      np.savez(self.root / f'{name}.part{part:05d}.npz', **dict(zip(chunk, values)))
+      part = f'{name}.part{len(list(self.root.glob(f"{name}.part*.npz"))):05d}-{os.getpid()}.npz'
+      np.savez(self.root / part, **dict(zip(chunk, values)))  # the pid: two runs sharing a folder never collide
       if launder is None:
         (self.root / 'probes.json').write_text(json.dumps(self.probe_table))
     return np.stack([table[it.key] for it in selected])
